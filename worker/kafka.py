@@ -1,0 +1,361 @@
+"""Kafka adapter: the only module that imports aiokafka.
+
+It offers the runner small things: an input `KafkaSource` (group consumer, manual commits,
+rebalance callbacks), a `KafkaSink` (snapshots, changelog, dead letters; delivery futures
+awaited at checkpoints), changelog restore, and topic setup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from worker.settings import SecurityProtocol, Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DLQ_REASON_HEADER: Final = "dlq.reason"
+DLQ_ERROR_HEADER: Final = "dlq.error"
+DLQ_TOPIC_HEADER: Final = "dlq.source.topic"
+DLQ_PARTITION_HEADER: Final = "dlq.source.partition"
+DLQ_OFFSET_HEADER: Final = "dlq.source.offset"
+CONNECT_TIMEOUT_S: Final = 15.0
+"""Startup gives up on an unreachable broker after this long, with one clear error."""
+
+
+class StartupError(RuntimeError):
+    """A problem an operator must fix (unreachable broker, missing topic, bad setting)."""
+
+
+class InputRecord(Protocol):
+    """The fields of an input record the runner uses (aiokafka's ConsumerRecord has them)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection and security options shared by every client; secrets stay in memory only."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol.value,
+    }
+    if settings.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+        if settings.ssl_certfile:
+            key_password = settings.ssl_key_password
+            context.load_cert_chain(
+                settings.ssl_certfile,
+                settings.ssl_keyfile,
+                key_password.get_secret_value() if key_password else None,
+            )
+        options["ssl_context"] = context
+    if settings.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        if settings.sasl_mechanism is None or settings.sasl_username is None:
+            raise StartupError("SASL needs WORKER_SASL_MECHANISM and WORKER_SASL_USERNAME")
+        password = settings.sasl_password
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism.value,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else "",
+        )
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: Mapping[str, str]
+
+
+def worker_topics(settings: Settings, input_partitions: int) -> list[TopicSpec]:
+    """Output topics; the changelog must have exactly the input's partition count."""
+    compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    return [
+        TopicSpec(settings.snapshot_topic, input_partitions, compacted),
+        TopicSpec(settings.changelog_topic_name, input_partitions, compacted),
+        TopicSpec(settings.dlq_topic, input_partitions, {"retention.ms": str(14 * 86_400_000)}),
+    ]
+
+
+async def _with_admin(
+    settings: Settings, action: Callable[[AIOKafkaAdminClient], Awaitable[T]]
+) -> T:
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+    try:
+        await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
+    except (TimeoutError, KafkaConnectionError) as error:
+        await admin.close()
+        raise StartupError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} within {CONNECT_TIMEOUT_S:.0f}s"
+        ) from error
+    try:
+        return await action(admin)
+    finally:
+        await admin.close()
+
+
+async def create_topics(
+    admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], replication: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    existing = set(await admin.list_topics())
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    new = [
+        NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.config)) for s in missing
+    ]
+    with suppress(TopicAlreadyExistsError):  # another replica won the race: fine
+        await admin.create_topics(new)
+    return [s.name for s in missing]
+
+
+async def partition_count(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    described = await admin.describe_topics([topic])
+    for entry in described:
+        if entry.get("topic") == topic and entry.get("error_code", 0) == 0:
+            return len(entry.get("partitions", []))
+    return None
+
+
+async def prepare_topics(settings: Settings) -> int:
+    """Ensure the input exists (or create it) and the output topics exist; return partitions."""
+
+    async def prepare(admin: AIOKafkaAdminClient) -> int:
+        if settings.input_topic not in set(await admin.list_topics()):
+            if not settings.create_topics:
+                raise StartupError(f"input topic {settings.input_topic!r} does not exist")
+            spec = TopicSpec(settings.input_topic, settings.topic_partitions, {})
+            await create_topics(admin, [spec], settings.replication_factor)
+        partitions = await partition_count(admin, settings.input_topic)
+        if partitions is None:
+            raise StartupError(f"cannot describe input topic {settings.input_topic!r}")
+        created = await create_topics(
+            admin, worker_topics(settings, partitions), settings.replication_factor
+        )
+        for name in created:
+            log.info("created topic", extra={"topic": name, "partitions": partitions})
+        return partitions
+
+    return await _with_admin(settings, prepare)
+
+
+class RebalanceHandler(Protocol):
+    async def on_revoked(self, partitions: list[int]) -> None: ...
+    async def on_assigned(self, partitions: list[int]) -> None: ...
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, handler: RebalanceHandler) -> None:
+        self._handler = handler
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._handler.on_revoked(sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._handler.on_assigned(sorted(tp.partition for tp in assigned))
+
+
+class KafkaSource:
+    """The input topic in a consumer group, with manual commits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._topic = settings.input_topic
+        self._consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=settings.group_id,
+            group_instance_id=settings.group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            isolation_level="read_committed",
+        )
+        self._max_records = settings.max_poll_records
+
+    async def start(self, handler: RebalanceHandler) -> None:
+        self._consumer.subscribe([self._topic], listener=_Listener(handler))
+        try:
+            await asyncio.wait_for(self._consumer.start(), CONNECT_TIMEOUT_S)
+        except (TimeoutError, KafkaConnectionError) as error:
+            raise StartupError(f"cannot start consumer: {error or 'timed out'}") from error
+
+    async def fetch(self, timeout_s: float) -> list[InputRecord]:
+        batches = await self._consumer.getmany(
+            timeout_ms=max(0, round(timeout_s * 1000)), max_records=self._max_records
+        )
+        if len(batches) == 1:
+            return list(next(iter(batches.values())))
+        return [record for batch in batches.values() for record in batch]
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit `next offset to read` per partition."""
+        await self._consumer.commit({TopicPartition(self._topic, p): o for p, o in offsets.items()})
+
+    def assignment(self) -> list[int]:
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
+    async def lag(self) -> dict[int, int]:
+        """Records between our position and the end, per assigned partition."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        ends = await self._consumer.end_offsets(assigned)
+        lags = {}
+        for tp in assigned:
+            try:
+                position = await self._consumer.position(tp)
+            except KafkaError:
+                continue
+            lags[tp.partition] = max(0, ends[tp] - position)
+        return lags
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+
+class KafkaSink:
+    """Writes snapshots, changelog records and dead letters; `flush` awaits every ack."""
+
+    def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
+        self._settings = settings
+        self._producer = AIOKafkaProducer(
+            **client_options(settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            transactional_id=transactional_id,
+        )
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
+        except (TimeoutError, KafkaConnectionError) as error:
+            raise StartupError(f"cannot start producer: {error or 'timed out'}") from error
+
+    async def _send(self, topic: str, key: bytes, value: bytes | None, **kw: Any) -> None:
+        self._pending.append(await self._producer.send(topic, value=value, key=key, **kw))
+
+    async def send_snapshot(self, session_id: str, payload: bytes) -> None:
+        await self._send(self._settings.snapshot_topic, session_id.encode(), payload)
+
+    async def send_changelog(self, partition: int, session_id: str, payload: bytes | None) -> None:
+        await self._send(
+            self._settings.changelog_topic_name, session_id.encode(), payload, partition=partition
+        )
+
+    async def send_dead_letter(self, record: InputRecord, reason: str, detail: str) -> None:
+        headers = [
+            *record.headers,
+            (DLQ_REASON_HEADER, reason.encode()),
+            (DLQ_ERROR_HEADER, detail.encode()[:1000]),
+            (DLQ_TOPIC_HEADER, record.topic.encode()),
+            (DLQ_PARTITION_HEADER, str(record.partition).encode()),
+            (DLQ_OFFSET_HEADER, str(record.offset).encode()),
+        ]
+        self._pending.append(
+            await self._producer.send(
+                self._settings.dlq_topic, value=record.value, key=record.key, headers=headers
+            )
+        )
+
+    async def flush(self) -> int:
+        """Wait until everything sent so far is acknowledged; raises on a failed delivery."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+        return len(pending)
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+
+async def read_partitions(
+    settings: Settings, topic: str, partitions: Sequence[int]
+) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+    """Read the given partitions of `topic` from the beginning to their current end."""
+    result: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
+    if not partitions:
+        return result
+    reader = AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+        isolation_level="read_committed",
+    )
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        for tp in tps:
+            if tp in remaining and await reader.position(tp) >= ends[tp]:
+                remaining.discard(tp)
+        while remaining:
+            batches = await reader.getmany(*remaining, timeout_ms=500, max_records=20_000)
+            for tp, records in batches.items():
+                result[tp.partition].extend((r.key, r.value) for r in records)
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+    return result
+
+
+class EventProducer:
+    """A plain keyed producer for tools (demo traffic, DLQ replay, tests, benchmarks)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self._producer = AIOKafkaProducer(**client_options(settings), **{"linger_ms": 5, **options})
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record; `flush` waits for delivery."""
+        await self._producer.send(topic, value=value, key=key, headers=list(headers or []))
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+    async def stop(self) -> None:
+        await self._producer.stop()

@@ -1,0 +1,234 @@
+"""The consume loop: fetch -> decode -> fold -> (every interval) publish, flush, commit.
+
+Offsets move only at checkpoints, after every snapshot, changelog record and dead letter
+derived from them is acknowledged. Rebalance callbacks and the loop share one lock, so a
+revoke never interleaves with a half-processed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
+from typing import Protocol
+
+from worker.changelog import ChangelogFormatError, decode_state, encode_state
+from worker.events import InvalidRecord, decode_event
+from worker.kafka import InputRecord
+from worker.metrics import WorkerMetrics
+from worker.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    async def fetch(self, timeout_s: float) -> Sequence[InputRecord]: ...
+    async def commit(self, offsets: Mapping[int, int]) -> None: ...
+
+
+class Sink(Protocol):
+    async def send_snapshot(self, session_id: str, payload: bytes) -> None: ...
+    async def send_changelog(
+        self, partition: int, session_id: str, payload: bytes | None
+    ) -> None: ...
+    async def send_dead_letter(self, record: InputRecord, reason: str, detail: str) -> None: ...
+    async def flush(self) -> int: ...
+
+
+ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
+ChangelogReader = Callable[[Sequence[int]], Awaitable[ChangelogRecords]]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Runner:
+    """Owns the store for the assigned partitions and drives it from Kafka."""
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        store: SessionStore,
+        metrics: WorkerMetrics,
+        read_changelog: ChangelogReader,
+        publish_interval_s: float,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.store = store
+        self.metrics = metrics
+        self._read_changelog = read_changelog
+        self.publish_interval_s = publish_interval_s
+        self.clock_ms = clock_ms
+        self.lock = asyncio.Lock()
+        self.assigned: list[int] = []
+        self.ready = False
+        self.last_progress = time.monotonic()
+        self.last_tick_ms = clock_ms()
+        self.pause_hook: Callable[[], Awaitable[None]] | None = None
+        """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
+        self.events_folded = 0
+        self._next_offsets: dict[int, int] = {}
+        self._first_pending_ms: dict[str, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then checkpoint once more. Raises on fatal errors."""
+        next_tick = time.monotonic() + self.publish_interval_s
+        while not stop.is_set():
+            if self.pause_hook is not None:
+                await self.pause_hook()
+            wait_s = min(max(0.0, next_tick - time.monotonic()), 0.5)
+            records = await self.source.fetch(wait_s)
+            self.last_progress = time.monotonic()
+            self.metrics.last_progress.set(time.time())
+            async with self.lock:
+                if records:
+                    await self._process(records)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.publish_interval_s
+                    await self.checkpoint()
+        async with self.lock:
+            await self.checkpoint()
+
+    async def _process(self, records: Sequence[InputRecord]) -> None:
+        now_ms = self.clock_ms()
+        store, metrics, pending = self.store, self.metrics, self._first_pending_ms
+        for record in records:
+            self._next_offsets[record.partition] = record.offset + 1
+            value = record.value
+            if value is None:
+                metrics.tombstones.inc()
+                continue
+            decoded = decode_event(value, record.key, now_ms)
+            if isinstance(decoded, InvalidRecord):
+                await self._dead_letter(record, decoded)
+                continue
+            state = store.apply(decoded, record.partition)
+            self.events_folded += 1
+            metrics.events.labels(decoded.type).inc()
+            if state.session_id not in pending:
+                pending[state.session_id] = record.timestamp
+
+    async def _dead_letter(self, record: InputRecord, invalid: InvalidRecord) -> None:
+        log.warning(
+            "invalid event dead-lettered",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": invalid.reason.value,
+                "detail": invalid.detail,
+            },
+        )
+        await self.sink.send_dead_letter(record, invalid.reason.value, invalid.detail)
+        self.metrics.invalid.labels(invalid.reason.value).inc()
+        self.metrics.dead_letters.inc()
+
+    async def checkpoint(self) -> None:
+        """Publish what changed, persist state, await all acks, then commit offsets."""
+        now_ms = self.clock_ms()
+        self.last_tick_ms = now_ms
+        result = self.store.tick(now_ms)
+        for snapshot in result.snapshots:
+            await self.sink.send_snapshot(snapshot.session_id, snapshot.payload)
+        for state in result.changed:
+            evicted = self.store.evicted.get(state.session_id)
+            payload = encode_state(
+                state, evicted[1] if evicted else None, self._next_offsets.get(state.partition)
+            )
+            await self.sink.send_changelog(state.partition, state.session_id, payload)
+        for state in result.forgotten:
+            await self.sink.send_changelog(state.partition, state.session_id, None)
+        started = time.monotonic()
+        await self.sink.flush()
+        acked = time.monotonic()
+        self.metrics.publish_latency.observe(acked - started)
+        self.metrics.snapshots.inc(len(result.snapshots))
+        self.metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
+        self._observe_end_to_end([s.session_id for s in result.snapshots])
+        if self._next_offsets:
+            offsets, self._next_offsets = self._next_offsets, {}
+            await self.source.commit(offsets)
+            self.metrics.commit_latency.observe(time.monotonic() - acked)
+        self.metrics.checkpoints.inc()
+        self.metrics.sessions.set(len(self.store))
+        for state in result.evicted:
+            log.info("session evicted", extra={"session": state.session_id})
+
+    def _observe_end_to_end(self, published: list[str]) -> None:
+        now_ms = wall_clock_ms()
+        pending = self._first_pending_ms
+        for session_id in published:
+            produced_ms = pending.pop(session_id, None)
+            if produced_ms is not None and produced_ms > 0:
+                self.metrics.end_to_end_latency.observe(max(0, now_ms - produced_ms) / 1000)
+        pending.clear()  # sessions without a visible change published nothing
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        """Checkpoint everything owned, then forget the revoked partitions' sessions."""
+        async with self.lock:
+            self.ready = False
+            await self.checkpoint()
+            dropped = self.store.drop_partitions(partitions)
+            self.assigned = [p for p in self.assigned if p not in partitions]
+            self.metrics.assigned.set(len(self.assigned))
+            for partition in partitions:
+                with suppress(KeyError):
+                    self.metrics.lag.remove(str(partition))
+            log.info(
+                "partitions revoked", extra={"partitions": partitions, "sessions": len(dropped)}
+            )
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        """Rebuild the sessions of newly assigned partitions from the changelog."""
+        async with self.lock:
+            self.ready = False
+            self.metrics.rebalances.inc()
+            new = [p for p in partitions if p not in self.assigned]
+            started = time.monotonic()
+            restored = await self.restore(new)
+            elapsed = time.monotonic() - started
+            self.metrics.restore_duration.observe(elapsed)
+            self.assigned = sorted(partitions)
+            self.metrics.assigned.set(len(self.assigned))
+            self.metrics.sessions.set(len(self.store))
+            self.ready = True
+            log.info(
+                "partitions assigned",
+                extra={
+                    "partitions": partitions,
+                    "restored": restored,
+                    "restore_s": round(elapsed, 3),
+                },
+            )
+
+    async def restore(self, partitions: Sequence[int]) -> int:
+        if not partitions:
+            return 0
+        by_partition = await self._read_changelog(partitions)
+        count = 0
+        for partition, entries in by_partition.items():
+            latest: dict[bytes, bytes | None] = {}
+            for key, value in entries:
+                if key is not None:
+                    latest[key] = value
+            for key, value in latest.items():
+                if value is None:
+                    continue
+                try:
+                    entry = decode_state(value, partition)
+                except ChangelogFormatError as error:
+                    log.error(
+                        "unreadable changelog record skipped",
+                        extra={"key": key.decode(errors="replace"), "error": str(error)},
+                    )
+                    continue
+                self.store.restore(entry.state, entry.evicted_at)
+                count += 1
+        self.metrics.restored_sessions.inc(count)
+        return count

@@ -1,0 +1,151 @@
+"""The in-memory set of sessions owned by this worker: fold, coalesce, expire. Pure, no I/O.
+
+The runner feeds it events and calls `tick(now)` once per publish interval; `tick` returns
+the snapshots that visibly changed and the changelog states to persist, which the runner
+writes to Kafka before committing offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.events import Event
+from worker.health import is_active
+from worker.rules import Rules
+from worker.session import build_session, encode_session
+from worker.state import ExportedValues, SessionState, expire_windows, fold, new_session
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    session_id: str
+    partition: int
+    session: dict[str, Any]
+    payload: bytes
+
+
+@dataclass(slots=True)
+class TickResult:
+    snapshots: list[Snapshot] = field(default_factory=list)
+    changed: list[SessionState] = field(default_factory=list)
+    """States to write to the changelog (live or just evicted)."""
+    evicted: list[SessionState] = field(default_factory=list)
+    forgotten: list[SessionState] = field(default_factory=list)
+    """Evicted sessions past their TTL: their changelog keys get tombstones."""
+
+
+def exported_values(session: dict[str, Any]) -> ExportedValues:
+    return ExportedValues(
+        session["sourceSegments"],
+        session["transcodedSegments"],
+        session["sourceSegmentsDuration"],
+        session["transcodedSegmentsDuration"],
+        session["sourceBytes"],
+        session["transcodedBytes"],
+        session["ingestRate"],
+        session["outgoingRate"],
+        session["isHealthy"],
+        len(session.get("issues", ())),
+        session.get("lastSeen"),
+    )
+
+
+class SessionStore:
+    """Live sessions, plus a bounded archive of evicted ones so late events keep totals."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.live: dict[str, SessionState] = {}
+        self.evicted: dict[str, tuple[SessionState, int]] = {}
+        self._dirty: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def get(self, session_id: str) -> SessionState | None:
+        return self.live.get(session_id)
+
+    def apply(self, event: Event, partition: int) -> SessionState:
+        """Fold a valid event into its session, creating or reviving the session."""
+        session_id = event.session_id
+        state = self.live.get(session_id)
+        if state is None:
+            archived = self.evicted.pop(session_id, None)
+            if archived is not None:
+                state = archived[0]
+            else:
+                state = new_session(session_id, partition, event.timestamp)
+            state.partition = partition
+            self.live[session_id] = state
+        fold(state, event)
+        self._dirty.add(session_id)
+        return state
+
+    def restore(self, state: SessionState, evicted_at: int | None) -> None:
+        """Adopt a state read back from the changelog; it is republished on the next tick."""
+        if evicted_at is None:
+            self.live[state.session_id] = state
+            state.published_hash = None
+        else:
+            self.evicted[state.session_id] = (state, evicted_at)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> list[str]:
+        """Forget every session of the given partitions (after a revoke); return their ids."""
+        gone = set(partitions)
+        dropped = [sid for sid, s in self.live.items() if s.partition in gone]
+        for sid in dropped:
+            del self.live[sid]
+            self._dirty.discard(sid)
+        for sid in [sid for sid, (s, _) in self.evicted.items() if s.partition in gone]:
+            del self.evicted[sid]
+        return dropped
+
+    def sessions_in(self, partitions: Iterable[int]) -> Iterator[SessionState]:
+        wanted = set(partitions)
+        return (s for s in self.live.values() if s.partition in wanted)
+
+    def tick(self, now_ms: int) -> TickResult:
+        """Refresh every live session at `now_ms`: publish changes, time out, evict, forget."""
+        rules = self.rules
+        result = TickResult()
+        changed_ids = self._dirty
+        self._dirty = set()
+        for session_id, state in list(self.live.items()):
+            if (
+                state.ended_at is None
+                and now_ms - state.last_activity > rules.idle_timeout_ms
+                and state.first_segment_at is not None
+            ):
+                state.ended_at, state.timed_out = now_ms, True
+                changed_ids.add(session_id)
+            expire_windows(state, now_ms, rules.rate_window_ms)
+            session = build_session(state, now_ms, rules)
+            payload = encode_session(session)
+            state.exported = exported_values(session)
+            digest = hash(payload)
+            if digest != state.published_hash:
+                state.published_hash = digest
+                result.snapshots.append(Snapshot(session_id, state.partition, session, payload))
+                changed_ids.add(session_id)
+            elif (
+                state.ended_at is not None
+                and session_id not in changed_ids
+                and now_ms - state.ended_at > rules.retention_ms
+            ):
+                del self.live[session_id]
+                self.evicted[session_id] = (state, now_ms)
+                result.evicted.append(state)
+                result.changed.append(state)
+                continue
+            if session_id in changed_ids:
+                result.changed.append(state)
+        for session_id, (state, evicted_at) in list(self.evicted.items()):
+            if now_ms - evicted_at > rules.evicted_ttl_ms:
+                del self.evicted[session_id]
+                result.forgotten.append(state)
+        return result
+
+    def active_count(self) -> int:
+        return sum(1 for s in self.live.values() if is_active(s))
