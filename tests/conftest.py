@@ -1,0 +1,31 @@
+"""Shared fixtures. The broker fixture starts the repo's local Kafka, or reuses a running one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
+BOOTSTRAP = os.environ.get("TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def _broker_up() -> bool:
+    status = subprocess.run(["bash", str(KAFKA_SCRIPT), "status"], capture_output=True, check=False)
+    return status.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The local broker's address; never skipped: a missing broker fails the tests loudly."""
+    started = False
+    if not _broker_up():
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "up"], check=True)
+        started = True
+    yield BOOTSTRAP
+    if started:
+        subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], check=False)
