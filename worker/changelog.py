@@ -69,6 +69,8 @@ def decode_state(payload: bytes, partition: int) -> ChangelogEntry:
     """Raises ChangelogFormatError for a record of another format or a corrupt one."""
     try:
         body = orjson.loads(payload)
+        if not isinstance(body, dict):
+            raise ChangelogFormatError(f"corrupt changelog record: not an object: {body!r:.80}")
         if body.get("v") != FORMAT_VERSION:
             raise ChangelogFormatError(f"unsupported changelog format {body.get('v')!r}")
         totals = body["totals"]
@@ -100,8 +102,9 @@ def decode_state(payload: bytes, partition: int) -> ChangelogEntry:
             ended_at=body["endedAt"],
             timed_out=body["timedOut"],
         )
+        evicted_at, source_offset = body["evictedAt"], body["offset"]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
         if isinstance(error, ChangelogFormatError):
             raise
         raise ChangelogFormatError(f"corrupt changelog record: {error}") from error
-    return ChangelogEntry(state, body["evictedAt"], body["offset"])
+    return ChangelogEntry(state, evicted_at, source_offset)

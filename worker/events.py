@@ -17,16 +17,21 @@ from worker.profiles import FfmpegProfile, RecordingSpec
 MAX_FUTURE_SKEW_MS: Final = 5 * 60 * 1000
 """Events stamped further ahead than this are clock bugs at the producer: rejected."""
 
+MAX_JSON_INT: Final = 2**53 - 1
+"""Largest seqNo/bytes accepted: exact in every JSON consumer (float64), and far from the
+64-bit limit of the orjson encoder, so one absurd record cannot crash the fold's outputs."""
+
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 TimestampMs = Annotated[int, Field(gt=0, strict=True)]
-SeqNo = Annotated[int, Field(ge=0, strict=True)]
+SeqNo = Annotated[int, Field(ge=0, le=MAX_JSON_INT, strict=True)]
 SegmentDuration = Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)]
-ByteCount = Annotated[int, Field(ge=0, strict=True)]
+ByteCount = Annotated[int, Field(ge=0, le=MAX_JSON_INT, strict=True)]
 
 
 class _Event(BaseModel):
-    # extra="ignore": unknown fields are forward compatibility, not errors.
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    # extra="ignore": unknown fields are forward compatibility, not errors. strict: JSON types
+    # are the contract's (a "2.0" string is not a number, 1 is not a bool).
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, strict=True)
 
     session_id: SessionId = Field(alias="sessionId")
     timestamp: TimestampMs
@@ -53,7 +58,7 @@ class SegmentIngested(_Event):
 
 
 class Rendition(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     name: Annotated[str, Field(min_length=1, max_length=500)]
     bytes: ByteCount
@@ -131,7 +136,7 @@ def _classify(error: ValidationError) -> InvalidRecord:
     kind = first["type"]
     if kind == "json_invalid":
         return InvalidRecord(InvalidReason.INVALID_JSON, first["msg"])
-    if kind in {"model_type", "model_attributes_type"} and not first["loc"]:
+    if kind in {"dict_type", "model_type", "model_attributes_type"} and not first["loc"]:
         return InvalidRecord(InvalidReason.NOT_AN_OBJECT, "value is not a JSON object")
     if kind in {"union_tag_invalid", "union_tag_not_found"}:
         return InvalidRecord(InvalidReason.UNKNOWN_TYPE, first["msg"])

@@ -13,7 +13,7 @@ ProfileName = Annotated[str, Field(min_length=1, max_length=500)]
 class _Profile(BaseModel):
     # Output field names are the API's camelCase names; extra="ignore" keeps producers free
     # to send fields we do not model yet.
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, strict=True)
 
     fps_den: Annotated[int, Field(ge=1)] | None = Field(default=None, alias="fpsDen")
     quality: Annotated[int, Field(ge=0, le=44)] | None = None
@@ -44,6 +44,6 @@ class TranscodeProfile(_Profile):
 
 
 class RecordingSpec(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     profiles: list[TranscodeProfile]

@@ -96,7 +96,9 @@ def new_session(session_id: str, partition: int, timestamp: int) -> SessionState
 def _shift_into_window(hwm: int, mask: int, seq_no: int) -> tuple[int, int, int | None]:
     """Advance (hwm, mask) to cover seq_no; return the bit offset of seq_no, None if too old."""
     if seq_no > hwm:
-        mask = (mask << (seq_no - hwm)) & WINDOW_BITS if hwm >= 0 else 0
+        shift = seq_no - hwm
+        # A jump past the whole window clears it; shifting by it would allocate `shift` bits.
+        mask = (mask << shift) & WINDOW_BITS if hwm >= 0 and shift < DEDUPE_WINDOW else 0
         hwm = seq_no
     offset = hwm - seq_no
     return hwm, mask, (offset if offset < DEDUPE_WINDOW else None)
@@ -150,11 +152,15 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
     hwm = state.transcoded_hwm
     if event.seq_no > hwm:
         shift = event.seq_no - hwm
-        state.rendition_masks = {
-            name: shifted
-            for name, mask in state.rendition_masks.items()
-            if (shifted := (mask << shift) & WINDOW_BITS)
-        }
+        state.rendition_masks = (
+            {
+                name: shifted
+                for name, mask in state.rendition_masks.items()
+                if (shifted := (mask << shift) & WINDOW_BITS)
+            }
+            if shift < DEDUPE_WINDOW
+            else {}  # past the whole window: nothing survives (and no huge shift)
+        )
         state.transcoded_hwm = event.seq_no
     offset = state.transcoded_hwm - event.seq_no
     if offset >= DEDUPE_WINDOW:
@@ -231,18 +237,25 @@ def _fold_started(state: SessionState, event: SessionStarted) -> None:
 
 
 def _fold_recording(state: SessionState, event: RecordingUpdated) -> None:
-    update = (event.timestamp, event.status, event.recording_url, event.mp4_url)
-    if state.recording is None or event.timestamp >= state.recording[0]:
-        previous = state.recording
-        # URLs are sticky: a status-only update must not erase a known URL.
-        if previous is not None:
-            update = (
-                update[0],
-                update[1],
-                update[2] if update[2] is not None else previous[2],
-                update[3] if update[3] is not None else previous[3],
-            )
-        state.recording = update
+    # Last write wins per field by timestamp, like session.started: the status comes from the
+    # newest update and each URL from the newest update carrying it, so a status-only update
+    # never erases a known URL and the result does not depend on arrival order.
+    if event.recording_url is not None:
+        _set_meta(state, "recording_url", event.timestamp, event.recording_url)
+    if event.mp4_url is not None:
+        _set_meta(state, "mp4_url", event.timestamp, event.mp4_url)
+    timestamp: int = event.timestamp
+    status: str = event.status
+    if state.recording is not None and timestamp < state.recording[0]:
+        timestamp, status = state.recording[0], state.recording[1]
+    url = state.meta.get("recording_url")
+    mp4 = state.meta.get("mp4_url")
+    state.recording = (
+        timestamp,
+        status,
+        None if url is None else url[1],
+        None if mp4 is None else mp4[1],
+    )
 
 
 def fold(state: SessionState, event: Event) -> SessionState:

@@ -113,11 +113,9 @@ class SessionStore:
         changed_ids = self._dirty
         self._dirty = set()
         for session_id, state in list(self.live.items()):
-            if (
-                state.ended_at is None
-                and now_ms - state.last_activity > rules.idle_timeout_ms
-                and state.first_segment_at is not None
-            ):
+            # Also sessions that never had a segment (started, then nothing): else they would
+            # stay live forever. Those show no issue (isHealthy stays null) but are evicted.
+            if state.ended_at is None and now_ms - state.last_activity > rules.idle_timeout_ms:
                 state.ended_at, state.timed_out = now_ms, True
                 changed_ids.add(session_id)
             expire_windows(state, now_ms, rules.rate_window_ms)
