@@ -15,10 +15,17 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.http import HttpServer, Probes
-from worker.kafka import KafkaSink, KafkaSource, StartupError, prepare_topics, read_partitions
+from worker.kafka import (
+    AtLeastOnceSink,
+    KafkaSource,
+    StartupError,
+    TransactionalSink,
+    prepare_topics,
+    read_partitions,
+)
 from worker.metrics import SessionCollector, WorkerMetrics
-from worker.runner import Runner
-from worker.settings import Settings
+from worker.runner import OutputTopics, Runner
+from worker.settings import ProcessingGuarantee, Settings
 from worker.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -45,13 +52,20 @@ class Worker:
         self.store = SessionStore(settings.rules())
         self.stop_event = asyncio.Event()
         self.source = KafkaSource(settings)
-        self.sink = KafkaSink(settings)
+        self.sink: AtLeastOnceSink | TransactionalSink = (
+            TransactionalSink(settings)
+            if settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
+            else AtLeastOnceSink(settings, self.source)
+        )
         self.runner = Runner(
             self.source,
             self.sink,
             self.store,
             self.metrics,
             lambda partitions: read_partitions(settings, settings.changelog_topic_name, partitions),
+            OutputTopics(
+                settings.snapshot_topic, settings.changelog_topic_name, settings.dlq_topic
+            ),
             settings.publish_interval_s,
         )
         self.registry.register(

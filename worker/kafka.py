@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -20,41 +21,18 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from worker.outbox import CheckpointTimings, InputRecord, Outbox, OutRecord
 from worker.settings import SecurityProtocol, Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DLQ_REASON_HEADER: Final = "dlq.reason"
-DLQ_ERROR_HEADER: Final = "dlq.error"
-DLQ_TOPIC_HEADER: Final = "dlq.source.topic"
-DLQ_PARTITION_HEADER: Final = "dlq.source.partition"
-DLQ_OFFSET_HEADER: Final = "dlq.source.offset"
 CONNECT_TIMEOUT_S: Final = 15.0
 """Startup gives up on an unreachable broker after this long, with one clear error."""
 
 
 class StartupError(RuntimeError):
     """A problem an operator must fix (unreachable broker, missing topic, bad setting)."""
-
-
-class InputRecord(Protocol):
-    """The fields of an input record the runner uses (aiokafka's ConsumerRecord has them)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -240,20 +218,18 @@ class KafkaSource:
         await self._consumer.stop()
 
 
-class KafkaSink:
-    """Writes snapshots, changelog records and dead letters; `flush` awaits every ack."""
+class AtLeastOnceSink:
+    """One idempotent producer; a checkpoint sends, awaits every ack, then commits offsets."""
 
-    def __init__(self, settings: Settings, transactional_id: str | None = None) -> None:
-        self._settings = settings
+    def __init__(self, settings: Settings, source: KafkaSource) -> None:
+        self._source = source
         self._producer = AIOKafkaProducer(
             **client_options(settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=512 * 1024,
-            transactional_id=transactional_id,
         )
-        self._pending: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
         try:
@@ -261,41 +237,93 @@ class KafkaSink:
         except (TimeoutError, KafkaConnectionError) as error:
             raise StartupError(f"cannot start producer: {error or 'timed out'}") from error
 
-    async def _send(self, topic: str, key: bytes, value: bytes | None, **kw: Any) -> None:
-        self._pending.append(await self._producer.send(topic, value=value, key=key, **kw))
+    async def open_partitions(self, partitions: Sequence[int]) -> None:
+        """Nothing per partition in this mode."""
 
-    async def send_snapshot(self, session_id: str, payload: bytes) -> None:
-        await self._send(self._settings.snapshot_topic, session_id.encode(), payload)
+    async def close_partitions(self, partitions: Sequence[int]) -> None:
+        """Nothing per partition in this mode."""
 
-    async def send_changelog(self, partition: int, session_id: str, payload: bytes | None) -> None:
-        await self._send(
-            self._settings.changelog_topic_name, session_id.encode(), payload, partition=partition
-        )
-
-    async def send_dead_letter(self, record: InputRecord, reason: str, detail: str) -> None:
-        headers = [
-            *record.headers,
-            (DLQ_REASON_HEADER, reason.encode()),
-            (DLQ_ERROR_HEADER, detail.encode()[:1000]),
-            (DLQ_TOPIC_HEADER, record.topic.encode()),
-            (DLQ_PARTITION_HEADER, str(record.partition).encode()),
-            (DLQ_OFFSET_HEADER, str(record.offset).encode()),
-        ]
-        self._pending.append(
-            await self._producer.send(
-                self._settings.dlq_topic, value=record.value, key=record.key, headers=headers
-            )
-        )
-
-    async def flush(self) -> int:
-        """Wait until everything sent so far is acknowledged; raises on a failed delivery."""
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
-        return len(pending)
+    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        """Raises if any record is not acknowledged; then no offset is committed."""
+        started = time.monotonic()
+        await _send_all(self._producer, [r for rs in outbox.records.values() for r in rs])
+        acked = time.monotonic()
+        if outbox.offsets:
+            await self._source.commit(outbox.offsets)
+        return CheckpointTimings(acked - started, time.monotonic() - acked)
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+
+async def _send_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
+    futures = [
+        await producer.send(
+            r.topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition
+        )
+        for r in records
+    ]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+class TransactionalSink:
+    """Exactly-once: per input partition, one transactional producer whose transaction holds
+    that partition's snapshots, changelog records, dead letters and its input offset.
+
+    aiokafka cannot fence zombies by consumer-group generation, so the transactional id is
+    derived from the partition: a new owner's `init_transactions` fences the previous one.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producers: dict[int, AIOKafkaProducer] = {}
+
+    def transactional_id(self, partition: int) -> str:
+        s = self._settings
+        return f"{s.group_id}.{s.input_topic}.{partition}"
+
+    async def start(self) -> None:
+        """Producers start per partition, on assignment."""
+
+    async def open_partitions(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            if partition in self._producers:
+                continue
+            producer = AIOKafkaProducer(
+                **client_options(self._settings),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                transactional_id=self.transactional_id(partition),
+            )
+            await producer.start()
+            self._producers[partition] = producer
+
+    async def close_partitions(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            producer = self._producers.pop(partition, None)
+            if producer is not None:
+                await producer.stop()
+
+    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        started = time.monotonic()
+        topic, group = self._settings.input_topic, self._settings.group_id
+        for partition in sorted(outbox.partitions()):
+            producer = self._producers.get(partition)
+            if producer is None:
+                raise RuntimeError(f"no transactional producer for owned partition {partition}")
+            async with producer.transaction():
+                await _send_all(producer, outbox.records.get(partition, []))
+                offset = outbox.offsets.get(partition)
+                if offset is not None:
+                    await producer.send_offsets_to_transaction(
+                        {TopicPartition(topic, partition): offset}, group
+                    )
+        return CheckpointTimings(time.monotonic() - started, 0.0)
+
+    async def stop(self) -> None:
+        await self.close_partitions(list(self._producers))
 
 
 async def read_partitions(

@@ -1,8 +1,10 @@
-"""The consume loop: fetch -> decode -> fold -> (every interval) publish, flush, commit.
+"""The consume loop: fetch -> decode -> fold -> (every interval) checkpoint.
 
-Offsets move only at checkpoints, after every snapshot, changelog record and dead letter
-derived from them is acknowledged. Rebalance callbacks and the loop share one lock, so a
-revoke never interleaves with a half-processed batch.
+A checkpoint publishes the snapshots that visibly changed, the changelog states of the
+sessions that changed and the pending dead letters, waits for all their acks, and only then
+commits the input offsets (or, in exactly-once mode, does all of it in one transaction per
+partition). Rebalance callbacks and the loop share one lock, so a revoke never interleaves
+with a half-processed batch.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Protocol
 
 from worker.changelog import ChangelogFormatError, decode_state, encode_state
 from worker.events import InvalidRecord, decode_event
-from worker.kafka import InputRecord
 from worker.metrics import WorkerMetrics
+from worker.outbox import CheckpointTimings, InputRecord, Outbox, OutRecord, dead_letter
 from worker.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -25,16 +28,21 @@ log = logging.getLogger(__name__)
 
 class Source(Protocol):
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]: ...
-    async def commit(self, offsets: Mapping[int, int]) -> None: ...
 
 
 class Sink(Protocol):
-    async def send_snapshot(self, session_id: str, payload: bytes) -> None: ...
-    async def send_changelog(
-        self, partition: int, session_id: str, payload: bytes | None
-    ) -> None: ...
-    async def send_dead_letter(self, record: InputRecord, reason: str, detail: str) -> None: ...
-    async def flush(self) -> int: ...
+    async def open_partitions(self, partitions: Sequence[int]) -> None: ...
+    async def close_partitions(self, partitions: Sequence[int]) -> None: ...
+    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        """Write every record and commit the offsets; raise (and commit nothing) on failure."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTopics:
+    snapshots: str
+    changelog: str
+    dead_letters: str
 
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
@@ -55,6 +63,7 @@ class Runner:
         store: SessionStore,
         metrics: WorkerMetrics,
         read_changelog: ChangelogReader,
+        topics: OutputTopics,
         publish_interval_s: float,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -63,6 +72,7 @@ class Runner:
         self.store = store
         self.metrics = metrics
         self._read_changelog = read_changelog
+        self.topics = topics
         self.publish_interval_s = publish_interval_s
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
@@ -70,10 +80,10 @@ class Runner:
         self.ready = False
         self.last_progress = time.monotonic()
         self.last_tick_ms = clock_ms()
+        self.events_folded = 0
         self.pause_hook: Callable[[], Awaitable[None]] | None = None
         """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
-        self.events_folded = 0
-        self._next_offsets: dict[int, int] = {}
+        self._outbox = Outbox()
         self._first_pending_ms: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -88,33 +98,37 @@ class Runner:
             self.metrics.last_progress.set(time.time())
             async with self.lock:
                 if records:
-                    await self._process(records)
+                    self._process(records)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.publish_interval_s
                     await self.checkpoint()
         async with self.lock:
             await self.checkpoint()
 
-    async def _process(self, records: Sequence[InputRecord]) -> None:
+    def _process(self, records: Sequence[InputRecord]) -> None:
         now_ms = self.clock_ms()
         store, metrics, pending = self.store, self.metrics, self._first_pending_ms
+        offsets = self._outbox.offsets
+        folded_by_type: dict[str, int] = {}
         for record in records:
-            self._next_offsets[record.partition] = record.offset + 1
+            offsets[record.partition] = record.offset + 1
             value = record.value
             if value is None:
                 metrics.tombstones.inc()
                 continue
             decoded = decode_event(value, record.key, now_ms)
             if isinstance(decoded, InvalidRecord):
-                await self._dead_letter(record, decoded)
+                self._dead_letter(record, decoded)
                 continue
             state = store.apply(decoded, record.partition)
-            self.events_folded += 1
-            metrics.events.labels(decoded.type).inc()
+            folded_by_type[decoded.type] = folded_by_type.get(decoded.type, 0) + 1
             if state.session_id not in pending:
                 pending[state.session_id] = record.timestamp
+        for event_type, count in folded_by_type.items():
+            metrics.events.labels(event_type).inc(count)
+            self.events_folded += count
 
-    async def _dead_letter(self, record: InputRecord, invalid: InvalidRecord) -> None:
+    def _dead_letter(self, record: InputRecord, invalid: InvalidRecord) -> None:
         log.warning(
             "invalid event dead-lettered",
             extra={
@@ -125,40 +139,64 @@ class Runner:
                 "detail": invalid.detail,
             },
         )
-        await self.sink.send_dead_letter(record, invalid.reason.value, invalid.detail)
+        self._outbox.add(
+            record.partition,
+            dead_letter(
+                self.topics.dead_letters,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                tuple(record.headers),
+                invalid.reason.value,
+                invalid.detail,
+            ),
+        )
         self.metrics.invalid.labels(invalid.reason.value).inc()
-        self.metrics.dead_letters.inc()
 
     async def checkpoint(self) -> None:
-        """Publish what changed, persist state, await all acks, then commit offsets."""
+        """Publish what changed, persist state and dead letters, then commit offsets."""
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
         result = self.store.tick(now_ms)
+        outbox, self._outbox = self._outbox, Outbox()
+        dead_letters = len(outbox)
         for snapshot in result.snapshots:
-            await self.sink.send_snapshot(snapshot.session_id, snapshot.payload)
+            outbox.add(
+                snapshot.partition,
+                OutRecord(self.topics.snapshots, snapshot.session_id.encode(), snapshot.payload),
+            )
         for state in result.changed:
             evicted = self.store.evicted.get(state.session_id)
             payload = encode_state(
-                state, evicted[1] if evicted else None, self._next_offsets.get(state.partition)
+                state, evicted[1] if evicted else None, outbox.offsets.get(state.partition)
             )
-            await self.sink.send_changelog(state.partition, state.session_id, payload)
+            outbox.add(
+                state.partition, self._changelog_record(state.partition, state.session_id, payload)
+            )
         for state in result.forgotten:
-            await self.sink.send_changelog(state.partition, state.session_id, None)
-        started = time.monotonic()
-        await self.sink.flush()
-        acked = time.monotonic()
-        self.metrics.publish_latency.observe(acked - started)
-        self.metrics.snapshots.inc(len(result.snapshots))
-        self.metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
+            outbox.add(
+                state.partition, self._changelog_record(state.partition, state.session_id, None)
+            )
+        timings = await self.sink.checkpoint(outbox)
+        metrics = self.metrics
+        metrics.publish_latency.observe(timings.publish_s)
+        if outbox.offsets:
+            metrics.commit_latency.observe(timings.commit_s)
+        metrics.snapshots.inc(len(result.snapshots))
+        metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
+        metrics.dead_letters.inc(dead_letters)
+        metrics.checkpoints.inc()
+        metrics.sessions.set(len(self.store))
         self._observe_end_to_end([s.session_id for s in result.snapshots])
-        if self._next_offsets:
-            offsets, self._next_offsets = self._next_offsets, {}
-            await self.source.commit(offsets)
-            self.metrics.commit_latency.observe(time.monotonic() - acked)
-        self.metrics.checkpoints.inc()
-        self.metrics.sessions.set(len(self.store))
         for state in result.evicted:
             log.info("session evicted", extra={"session": state.session_id})
+
+    def _changelog_record(
+        self, partition: int, session_id: str, payload: bytes | None
+    ) -> OutRecord:
+        return OutRecord(self.topics.changelog, session_id.encode(), payload, partition=partition)
 
     def _observe_end_to_end(self, published: list[str]) -> None:
         now_ms = wall_clock_ms()
@@ -175,8 +213,10 @@ class Runner:
             self.ready = False
             await self.checkpoint()
             dropped = self.store.drop_partitions(partitions)
+            await self.sink.close_partitions(partitions)
             self.assigned = [p for p in self.assigned if p not in partitions]
             self.metrics.assigned.set(len(self.assigned))
+            self.metrics.sessions.set(len(self.store))
             for partition in partitions:
                 with suppress(KeyError):
                     self.metrics.lag.remove(str(partition))
@@ -191,6 +231,7 @@ class Runner:
             self.metrics.rebalances.inc()
             new = [p for p in partitions if p not in self.assigned]
             started = time.monotonic()
+            await self.sink.open_partitions(new)
             restored = await self.restore(new)
             elapsed = time.monotonic() - started
             self.metrics.restore_duration.observe(elapsed)
@@ -208,6 +249,7 @@ class Runner:
             )
 
     async def restore(self, partitions: Sequence[int]) -> int:
+        """Load the latest changelog state of every session of `partitions`."""
         if not partitions:
             return 0
         by_partition = await self._read_changelog(partitions)
