@@ -19,9 +19,19 @@ from typing import Any, Final, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+    RebalanceInProgressError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
 
-from worker.outbox import CheckpointTimings, InputRecord, Outbox, OutRecord
+from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox, OutRecord
 from worker.settings import SecurityProtocol, Settings
 
 log = logging.getLogger(__name__)
@@ -244,16 +254,36 @@ class AtLeastOnceSink:
         """Nothing per partition in this mode."""
 
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
-        """Raises if any record is not acknowledged; then no offset is committed."""
+        """Raises CheckpointError if any record is not acknowledged; then nothing is committed."""
         started = time.monotonic()
-        await _send_all(self._producer, [r for rs in outbox.records.values() for r in rs])
+        try:
+            await _send_all(self._producer, [r for rs in outbox.records.values() for r in rs])
+        except KafkaError as error:
+            raise CheckpointError(
+                f"write failed: {error!r}", retriable=_retriable(error)
+            ) from error
         acked = time.monotonic()
         if outbox.offsets:
-            await self._source.commit(outbox.offsets)
+            try:
+                await self._source.commit(outbox.offsets)
+            except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as error:
+                # The partitions moved on; their new owner resumes from the last commit, and
+                # re-folding what we already wrote is harmless (the fold is idempotent).
+                log.warning("offset commit lost to a rebalance", extra={"error": repr(error)})
+            except KafkaError as error:
+                raise CheckpointError(
+                    f"commit failed: {error!r}", retriable=_retriable(error)
+                ) from error
         return CheckpointTimings(acked - started, time.monotonic() - acked)
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+
+def _retriable(error: KafkaError) -> bool:
+    return bool(getattr(error, "retriable", False)) or isinstance(
+        error, KafkaTimeoutError | KafkaConnectionError | RequestTimedOutError
+    )
 
 
 async def _send_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
@@ -309,17 +339,25 @@ class TransactionalSink:
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
         started = time.monotonic()
         topic, group = self._settings.input_topic, self._settings.group_id
-        for partition in sorted(outbox.partitions()):
+        for partition in sorted(outbox.partitions()):  # drops each one as it commits
             producer = self._producers.get(partition)
             if producer is None:
                 raise RuntimeError(f"no transactional producer for owned partition {partition}")
-            async with producer.transaction():
-                await _send_all(producer, outbox.records.get(partition, []))
-                offset = outbox.offsets.get(partition)
-                if offset is not None:
-                    await producer.send_offsets_to_transaction(
-                        {TopicPartition(topic, partition): offset}, group
-                    )
+            try:
+                async with producer.transaction():
+                    await _send_all(producer, outbox.records.get(partition, []))
+                    offset = outbox.offsets.get(partition)
+                    if offset is not None:
+                        await producer.send_offsets_to_transaction(
+                            {TopicPartition(topic, partition): offset}, group
+                        )
+                outbox.drop_partitions([partition])  # done: a retry must not write it again
+            except KafkaError as error:
+                # Fenced means another worker owns the partition now: stop, do not retry.
+                raise CheckpointError(
+                    f"transaction on partition {partition} failed: {error!r}",
+                    retriable=_retriable(error) and not isinstance(error, ProducerFenced),
+                ) from error
         return CheckpointTimings(time.monotonic() - started, 0.0)
 
     async def stop(self) -> None:
@@ -387,3 +425,179 @@ class EventProducer:
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+
+# --- Operator tools (tail, topics, dlq): group-less reads and cluster topic layout ---
+
+TOOL_FETCH_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One record read back from a topic, with where it sits."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class TopicReader:
+    """Every partition of one topic, read without a consumer group (nothing is committed).
+
+    `start` positions at the beginning or at the end and returns once positions are
+    resolved, so a record produced after `start` returns is always seen. Partitions added
+    later are not followed. `stop` is idempotent.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=TOOL_FETCH_BYTES,
+            isolation_level="read_committed",
+        )
+        self._partitions: list[TopicPartition] = []
+        self._ends: dict[TopicPartition, int] = {}
+        self._started = False
+
+    async def start(self, from_beginning: bool) -> None:
+        """Raises StartupError when the broker is unreachable or the topic does not exist."""
+        try:
+            await asyncio.wait_for(self._consumer.start(), CONNECT_TIMEOUT_S)
+        except (TimeoutError, KafkaConnectionError) as error:
+            await self._consumer.stop()
+            raise StartupError(f"cannot start consumer: {error or 'timed out'}") from error
+        self._started = True
+        if self.topic not in await self._consumer.topics():
+            raise StartupError(f"topic {self.topic!r} does not exist")
+        numbers = self._consumer.partitions_for_topic(self.topic) or set()
+        self._partitions = [TopicPartition(self.topic, p) for p in sorted(numbers)]
+        self._consumer.assign(self._partitions)
+        if from_beginning:
+            await self._consumer.seek_to_beginning(*self._partitions)
+        else:
+            await self._consumer.seek_to_end(*self._partitions)
+        for tp in self._partitions:  # resolve lazily reset positions now, not at first fetch
+            await self._consumer.position(tp)
+        self._ends = await self._consumer.end_offsets(self._partitions)
+
+    @property
+    def partitions(self) -> list[int]:
+        return [tp.partition for tp in self._partitions]
+
+    async def fetch(self, timeout_s: float) -> list[StoredRecord]:
+        batches = await self._consumer.getmany(
+            timeout_ms=max(0, round(timeout_s * 1000)), max_records=10_000
+        )
+        return [
+            StoredRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.timestamp,
+                r.key,
+                r.value,
+                tuple((name, bytes(value or b"")) for name, value in r.headers),
+            )
+            for batch in batches.values()
+            for r in batch
+        ]
+
+    async def caught_up(self) -> bool:
+        """True once every partition is read up to its end as of `start`."""
+        for tp in self._partitions:
+            if await self._consumer.position(tp) < self._ends[tp]:
+                return False
+        return True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._consumer.stop()
+
+
+async def scan_topic(settings: Settings, topic: str) -> list[StoredRecord]:
+    """Every record of `topic` from the beginning up to its end now, in partition order."""
+    reader = TopicReader(settings, topic)
+    found: list[StoredRecord] = []
+    try:
+        await reader.start(from_beginning=True)
+        while not await reader.caught_up():
+            found.extend(await reader.fetch(0.5))
+    finally:
+        await reader.stop()
+    found.sort(key=lambda r: (r.partition, r.offset))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """An existing topic as the cluster describes it."""
+
+    partitions: int
+    config: Mapping[str, str]
+    """Only the keys that were asked for (absent when the broker does not report one)."""
+
+
+async def describe_layouts(
+    settings: Settings, wanted: Mapping[str, Iterable[str]]
+) -> dict[str, TopicLayout]:
+    """Partitions and the given config keys of each named topic; missing topics are left out."""
+
+    # Imported here so the admin additions stay in this appended section of the module.
+    from aiokafka.admin.config_resource import (  # noqa: PLC0415
+        ConfigResource,
+        ConfigResourceType,
+    )
+
+    async def describe(admin: AIOKafkaAdminClient) -> dict[str, TopicLayout]:
+        existing = set(await admin.list_topics())
+        names = [name for name in wanted if name in existing]
+        if not names:
+            return {}
+        counts = {
+            entry["topic"]: len(entry.get("partitions", []))
+            for entry in await admin.describe_topics(names)
+            if entry.get("error_code", 0) == 0
+        }
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        configs: dict[str, dict[str, str]] = {name: {} for name in names}
+        for response in await admin.describe_configs(resources):
+            for error_code, _, _, name, entries in response.resources:
+                if error_code == 0 and name in configs:
+                    keys = set(wanted[name])
+                    configs[name] = {e[0]: e[1] for e in entries if e[0] in keys}
+        return {name: TopicLayout(counts[name], configs[name]) for name in names if name in counts}
+
+    return await _with_admin(settings, describe)
+
+
+async def create_topic_specs(
+    settings: Settings, specs: Sequence[TopicSpec], replication: int
+) -> dict[str, str]:
+    """Create the given topics; return an error message per topic the broker refused.
+
+    A topic that already exists is not an error (another tool or replica created it).
+    """
+    if not specs:
+        return {}
+
+    async def create(admin: AIOKafkaAdminClient) -> dict[str, str]:
+        new = [
+            NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.config)) for s in specs
+        ]
+        response = await admin.create_topics(new)
+        refused: dict[str, str] = {}
+        for name, error_code, *rest in response.topic_errors:
+            if error_code not in (0, TopicAlreadyExistsError.errno):
+                refused[name] = str(rest[0] if rest and rest[0] else f"error code {error_code}")
+        return refused
+
+    return await _with_admin(settings, create)

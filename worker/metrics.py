@@ -64,6 +64,11 @@ class WorkerMetrics:
         self.changelog_records = Counter(
             f"{p}_changelog_records", "State changelog records acknowledged", registry=registry
         )
+        self.checkpoint_failures = Counter(
+            f"{p}_checkpoint_failures",
+            "Checkpoints whose writes or commit failed transiently (retried)",
+            registry=registry,
+        )
         self.checkpoints = Counter(
             f"{p}_checkpoints", "Completed checkpoints (flush + commit)", registry=registry
         )

@@ -98,3 +98,25 @@ class Outbox:
 
     def partitions(self) -> set[int]:
         return set(self.records) | set(self.offsets)
+
+    def then(self, newer: Outbox) -> Outbox:
+        """This outbox followed by `newer` (a failed checkpoint is retried with what came since)."""
+        merged = Outbox({p: list(rs) for p, rs in self.records.items()}, dict(self.offsets))
+        for partition, records in newer.records.items():
+            merged.records.setdefault(partition, []).extend(records)
+        merged.offsets.update(newer.offsets)
+        return merged
+
+    def drop_partitions(self, partitions: Sequence[int]) -> None:
+        """Forget what a revoked partition still owed: its new owner redoes it from the commit."""
+        for partition in partitions:
+            self.records.pop(partition, None)
+            self.offsets.pop(partition, None)
+
+
+class CheckpointError(Exception):
+    """Records or offsets could not be written. Retriable: try again with the same outbox."""
+
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable

@@ -20,7 +20,14 @@ from typing import Protocol
 from worker.changelog import ChangelogFormatError, decode_state, encode_state
 from worker.events import InvalidRecord, decode_event
 from worker.metrics import WorkerMetrics
-from worker.outbox import CheckpointTimings, InputRecord, Outbox, OutRecord, dead_letter
+from worker.outbox import (
+    CheckpointError,
+    CheckpointTimings,
+    InputRecord,
+    Outbox,
+    OutRecord,
+    dead_letter,
+)
 from worker.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,10 @@ class Runner:
                     await self.checkpoint()
         async with self.lock:
             await self.checkpoint()
+            # Leaving the group does not call the revoke listener: say it ourselves.
+            self.ready = False
+            released, self.assigned = self.assigned, []
+            log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
 
     def _process(self, records: Sequence[InputRecord]) -> None:
         now_ms = self.clock_ms()
@@ -179,7 +190,16 @@ class Runner:
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, None)
             )
-        timings = await self.sink.checkpoint(outbox)
+        try:
+            timings = await self.sink.checkpoint(outbox)
+        except CheckpointError as error:
+            if not error.retriable:
+                raise
+            # Nothing was committed: keep everything and write it again next time.
+            log.warning("checkpoint failed; will retry", extra={"error": str(error)})
+            self.metrics.checkpoint_failures.inc()
+            self._outbox = outbox.then(self._outbox)
+            return
         metrics = self.metrics
         metrics.publish_latency.observe(timings.publish_s)
         if outbox.offsets:
@@ -212,6 +232,7 @@ class Runner:
         async with self.lock:
             self.ready = False
             await self.checkpoint()
+            self._outbox.drop_partitions(partitions)
             dropped = self.store.drop_partitions(partitions)
             await self.sink.close_partitions(partitions)
             self.assigned = [p for p in self.assigned if p not in partitions]
