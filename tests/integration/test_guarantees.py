@@ -5,6 +5,7 @@ double-count anything. Each test compares against an uninterrupted run of the sa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -165,6 +166,6 @@ async def test_scale_1_3_2_1_while_traffic_flows_keeps_totals_exact(
     assert set(intervals) == set(range(6))
     for partition, spans in intervals.items():
         spans.sort()
-        for (_, end, _), (start, _, _) in zip(spans, spans[1:], strict=False):
+        for (_, end, _), (start, _, _) in itertools.pairwise(spans):
             assert end <= start, f"partition {partition} owned twice at once: {spans}"
     assert any(len({w for *_, w in s}) > 1 for s in intervals.values()), "partitions moved"
