@@ -1,0 +1,182 @@
+"""The runner against in-memory fakes: checkpoint order, retries, revoke and restore."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.unit.builders import T0, ingested, started
+from worker.changelog import decode_state, encode_state
+from worker.metrics import WorkerMetrics
+from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox
+from worker.rules import Rules
+from worker.runner import ChangelogRecords, OutputTopics, Runner
+from worker.store import SessionStore
+
+TOPICS = OutputTopics("snapshots", "changelog", "dlq")
+
+
+@dataclass
+class FakeRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    topic: str = "events"
+    timestamp: int = T0
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass
+class FakeSource:
+    batches: list[list[InputRecord]] = field(default_factory=list)
+
+    async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
+        await asyncio.sleep(0)
+        return self.batches.pop(0) if self.batches else []
+
+
+@dataclass
+class FakeSink:
+    """Records what a checkpoint wrote and committed; can be told to fail."""
+
+    written: list[Outbox] = field(default_factory=list)
+    committed: dict[int, int] = field(default_factory=dict)
+    fail_next: list[CheckpointError] = field(default_factory=list)
+    opened: set[int] = field(default_factory=set)
+
+    async def open_partitions(self, partitions: Sequence[int]) -> None:
+        self.opened |= set(partitions)
+
+    async def close_partitions(self, partitions: Sequence[int]) -> None:
+        self.opened -= set(partitions)
+
+    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        self.written.append(outbox)
+        self.committed.update(outbox.offsets)
+        return CheckpointTimings(0.0, 0.0)
+
+    def topics_written(self) -> list[str]:
+        return [r.topic for box in self.written for rs in box.records.values() for r in rs]
+
+
+def record(partition: int, offset: int, event: dict[str, object]) -> FakeRecord:
+    return FakeRecord(partition, offset, str(event["sessionId"]).encode(), orjson.dumps(event))
+
+
+def make_runner(
+    sink: FakeSink, changelog: ChangelogRecords | None = None, source: FakeSource | None = None
+) -> Runner:
+    async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
+        assert not runner.ready, "readiness must drop while restoring"
+        return {p: (changelog or {}).get(p, []) for p in partitions}
+
+    runner = Runner(
+        source or FakeSource(),
+        sink,
+        SessionStore(Rules()),
+        WorkerMetrics(CollectorRegistry()),
+        read_changelog,
+        TOPICS,
+        publish_interval_s=0.01,
+        clock_ms=lambda: T0 + 10_000,
+    )
+    return runner
+
+
+async def test_checkpoint_writes_snapshot_changelog_and_dead_letter_before_committing() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0])
+    runner._process(
+        [record(0, 5, started()), record(0, 6, ingested(0)), FakeRecord(0, 7, b"k", b"{")]
+    )
+    assert sink.committed == {}, "nothing commits before a checkpoint"
+    await runner.checkpoint()
+    assert sorted(sink.topics_written()) == ["changelog", "dlq", "snapshots"]
+    assert sink.committed == {0: 8}
+
+
+async def test_failed_checkpoint_commits_nothing_and_is_retried_with_later_records() -> None:
+    sink = FakeSink(fail_next=[CheckpointError("broker away", retriable=True)])
+    runner = make_runner(sink)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, ingested(0))])
+    await runner.checkpoint()
+    assert sink.committed == {}
+    runner._process([record(0, 1, ingested(1))])
+    await runner.checkpoint()
+    assert sink.committed == {0: 2}
+    snapshots = [r for r in sink.written[0].records[0] if r.topic == "snapshots"]
+    assert len(snapshots) == 2, "the first snapshot is written again, then the newer one"
+    assert orjson.loads(snapshots[-1].value or b"")["sourceSegments"] == 2
+
+
+async def test_non_retriable_checkpoint_failure_stops_the_worker() -> None:
+    sink = FakeSink(fail_next=[CheckpointError("fenced", retriable=False)])
+    runner = make_runner(sink)
+    runner._process([record(0, 0, ingested(0))])
+    with pytest.raises(CheckpointError):
+        await runner.checkpoint()
+
+
+async def test_revoke_checkpoints_then_forgets_the_partition() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0, 1])
+    runner._process([record(0, 0, ingested(0, sid="a")), record(1, 0, ingested(0, sid="b"))])
+    await runner.on_revoked([1])
+    assert sink.committed == {0: 1, 1: 1}
+    assert runner.store.get("b") is None
+    assert runner.store.get("a") is not None
+    assert runner.assigned == [0]
+    assert sink.opened == {0}
+
+
+async def test_assignment_restores_latest_changelog_state_and_skips_tombstones() -> None:
+    sink = FakeSink()
+    first = make_runner(sink)
+    await first.on_assigned([3])
+    first._process([record(3, 0, ingested(0, sid="kept")), record(3, 1, ingested(1, sid="kept"))])
+    first._process([record(3, 2, ingested(0, sid="gone"))])
+    await first.checkpoint()
+    kept = first.store.get("kept")
+    assert kept is not None
+    changelog: ChangelogRecords = {
+        3: [
+            (b"kept", encode_state(kept, None, 2)),
+            (b"gone", b"stale"),
+            (b"gone", None),
+        ]
+    }
+    second = make_runner(FakeSink(), changelog)
+    await second.on_assigned([3])
+    assert second.ready
+    restored = second.store.get("kept")
+    assert restored is not None
+    assert decode_state(encode_state(restored, None, 2), 3).state.source_segments == 2
+    assert second.store.get("gone") is None
+    # Redelivered input after the restore changes nothing: the fold is idempotent.
+    second._process([record(3, 1, ingested(1, sid="kept"))])
+    assert second.store.get("kept").source_segments == 2  # type: ignore[union-attr]
+
+
+async def test_run_stops_on_event_with_a_final_checkpoint() -> None:
+    sink = FakeSink()
+    source = FakeSource([[record(0, 0, ingested(0))]])
+    runner = make_runner(sink, source=source)
+    await runner.on_assigned([0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert sink.committed == {0: 1}
+    assert not runner.ready
