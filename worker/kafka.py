@@ -178,7 +178,9 @@ class KafkaSource:
         self._consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=settings.group_id,
-            group_instance_id=settings.group_instance_id,
+            group_instance_id=settings.group_instance_id or None,
+            session_timeout_ms=round(settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=round(settings.session_timeout_s * 1000 / 4),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -455,6 +457,7 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
+        self._settings = settings
         self._consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=None,
@@ -475,10 +478,10 @@ class TopicReader:
             await self._consumer.stop()
             raise StartupError(f"cannot start consumer: {error or 'timed out'}") from error
         self._started = True
-        if self.topic not in await self._consumer.topics():
+        count = await _with_admin(self._settings, lambda admin: partition_count(admin, self.topic))
+        if not count:
             raise StartupError(f"topic {self.topic!r} does not exist")
-        numbers = self._consumer.partitions_for_topic(self.topic) or set()
-        self._partitions = [TopicPartition(self.topic, p) for p in sorted(numbers)]
+        self._partitions = [TopicPartition(self.topic, p) for p in range(count)]
         self._consumer.assign(self._partitions)
         if from_beginning:
             await self._consumer.seek_to_beginning(*self._partitions)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "session-worker"
     group_instance_id: str | None = None
+    """Static membership (e.g. the pod name): a restart within the session timeout keeps the
+    partitions without a rebalance. Empty means dynamic membership."""
+    session_timeout_s: Annotated[float, Field(ge=6, le=300)] = 10.0
+    """How long the group waits for a silent member; raise it with static membership."""
     client_id: str = "session-worker"
     input_topic: str = "media.segment-events"
     snapshot_topic: str = "media.sessions"

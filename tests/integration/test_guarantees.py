@@ -23,6 +23,7 @@ from tests.integration.helpers import (
     event_records,
     expected_totals,
     free_port,
+    http_get,
     latest_snapshots,
     produce,
     totals_of,
@@ -113,6 +114,37 @@ async def test_kill_9_at_random_points_then_restart_equals_an_uninterrupted_run(
     final = await converged(topics, expected_totals(events))
     assert final == reference, "field by field equal to the uninterrupted run"
     assert survivor.terminate() == 0
+
+
+def metric_value(port: int, name: str) -> float:
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+async def test_static_member_restart_does_not_rebalance_the_others(
+    topics: Topics, start_worker: StartWorker
+) -> None:
+    await create_topic(topics.bootstrap, topics.input, 4)
+    static = {"WORKER_GROUP_INSTANCE_ID": "pod-a", "WORKER_SESSION_TIMEOUT_S": "30"}
+    pod_a = start_worker(**static)
+    await pod_a.wait_ready()
+    pod_b = start_worker(WORKER_GROUP_INSTANCE_ID="pod-b", WORKER_SESSION_TIMEOUT_S="30")
+    await pod_b.wait_ready()
+    await asyncio.sleep(2)  # let the second join settle
+    rebalances = metric_value(pod_b.port, "session_worker_rebalances_total")
+    assert pod_a.terminate() == 0  # a rolling restart of pod-a
+    restarted = start_worker(**static)
+    await restarted.wait_ready()
+    events = ending_stream(seed=3, sessions=6)
+    await produce(topics.bootstrap, topics.input, event_records(events))
+    await converged(topics, expected_totals(events))
+    assert metric_value(pod_b.port, "session_worker_rebalances_total") == rebalances
+    assert restarted.terminate() == 0
+    assert pod_b.terminate() == 0
 
 
 def ownership_intervals(logs: list[str]) -> dict[int, list[tuple[float, float, int]]]:
