@@ -124,6 +124,13 @@ async def create_topics(
     return [s.name for s in missing]
 
 
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create whichever of `specs` do not exist; return the names created."""
+    return await _with_admin(
+        settings, lambda admin: create_topics(admin, specs, settings.replication_factor)
+    )
+
+
 async def partition_count(admin: AIOKafkaAdminClient, topic: str) -> int | None:
     described = await admin.describe_topics([topic])
     for entry in described:
@@ -418,9 +425,12 @@ class EventProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
         """Queue one record; `flush` waits for delivery."""
-        await self._producer.send(topic, value=value, key=key, headers=list(headers or []))
+        await self._producer.send(
+            topic, value=value, key=key, headers=list(headers or []), partition=partition
+        )
 
     async def flush(self) -> None:
         await self._producer.flush()

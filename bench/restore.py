@@ -1,0 +1,114 @@
+"""Restore benchmark: how long a worker takes to rebuild N sessions from the changelog.
+
+Writes N realistic session states to a fresh changelog topic on the local broker, then times
+the real restore path (`read_partitions` + `Runner.restore`) and, separately, the pure decode.
+
+    .venv/bin/python -m bench.restore --sessions 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from worker.changelog import decode_state, encode_state
+from worker.kafka import EventProducer, TopicSpec, ensure_topics, read_partitions
+from worker.metrics import WorkerMetrics
+from worker.outbox import CheckpointTimings, Outbox
+from worker.rules import Rules
+from worker.runner import OutputTopics, Runner
+from worker.settings import Settings
+from worker.state import SessionState
+from worker.store import SessionStore
+from worker.traffic import SyntheticTraffic
+
+PARTITIONS = 6
+
+
+def realistic_states(count: int) -> list[SessionState]:
+    """Sessions with ~20 s of 3-rendition traffic each (windows and masks populated)."""
+    from worker.events import EVENT_ADAPTER  # noqa: PLC0415
+
+    traffic = SyntheticTraffic(1, start_ms=1_700_000_000_000, seed=1, stalling=0)
+    template = [
+        EVENT_ADAPTER.validate_python(e) for e in traffic.events_between(0, 1_700_000_030_000)
+    ]
+    store = SessionStore(Rules())
+    states = []
+    for i in range(count):
+        sid = f"restore-{i:07d}"
+        for event in template:
+            state = store.apply(event.model_copy(update={"session_id": sid}), i % PARTITIONS)
+        states.append(state)
+    return states
+
+
+class _NullSink:
+    async def open_partitions(self, partitions: Sequence[int]) -> None: ...
+    async def close_partitions(self, partitions: Sequence[int]) -> None: ...
+    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        return CheckpointTimings(0.0, 0.0)
+
+
+class _NoSource:
+    async def fetch(self, timeout_s: float) -> list[object]:
+        return []
+
+
+async def run(sessions: int, bootstrap: str) -> dict[str, float]:
+    states = realistic_states(sessions)
+    payloads = [(s.partition, s.session_id, encode_state(s, None, 0)) for s in states]
+    started = time.perf_counter()
+    for partition, _, payload in payloads:
+        decode_state(payload, partition)
+    decode_s = time.perf_counter() - started
+
+    settings = Settings(bootstrap_servers=bootstrap)
+    topic = f"bench.restore.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings, [TopicSpec(topic, PARTITIONS, {"cleanup.policy": "compact"})])
+    producer = EventProducer(settings, linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    for partition, sid, payload in payloads:
+        await producer.send(topic, sid.encode(), payload, partition=partition)
+    await producer.flush()
+    await producer.stop()
+
+    runner = Runner(
+        _NoSource(),  # type: ignore[arg-type]
+        _NullSink(),
+        SessionStore(Rules()),
+        WorkerMetrics(CollectorRegistry()),
+        lambda parts: read_partitions(settings, topic, parts),
+        OutputTopics("s", topic, "d"),
+        publish_interval_s=1.0,
+    )
+    started = time.perf_counter()
+    restored = await runner.restore(list(range(PARTITIONS)))
+    restore_s = time.perf_counter() - started
+    assert restored == sessions, (restored, sessions)
+    return {
+        "sessions": sessions,
+        "record_bytes_mean": sum(len(p) for *_, p in payloads) / sessions,
+        "decode_only_s": decode_s,
+        "restore_from_kafka_s": restore_s,
+        "sessions_per_s": sessions / restore_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.sessions, args.bootstrap))
+    for key, value in result.items():
+        print(f"{key:>24}: {value:,.3f}")
+
+
+if __name__ == "__main__":
+    main()
