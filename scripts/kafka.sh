@@ -19,6 +19,7 @@
 #   KAFKA_HEAP_OPTS        JVM heap flags                  (default "-Xms256m -Xmx512m")
 #   KAFKA_START_TIMEOUT    seconds `up` waits for readiness (default 90)
 #   KAFKA_STOP_TIMEOUT     seconds `down` waits after SIGTERM before SIGKILL (default 20)
+#   KAFKA_KEEP_DATA        1: `up` restarts on the existing data dir instead of a fresh one
 # A second broker for tests: KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 KAFKA_RUN_DIR=/tmp/k2 scripts/kafka.sh up
 #
 # Needs: java (17+), and mvn for the first fetch. The broker listens on 127.0.0.1 only.
@@ -210,6 +211,24 @@ log.retention.check.interval.ms=60000
 EOF
 }
 
+# Fresh data dir, config and a formatted KRaft log with a new cluster id.
+format_storage() {
+  rm -rf "$DATA_DIR"
+  mkdir -p "$DATA_DIR"
+  write_config
+
+  local cluster_id
+  cluster_id=$(random_cluster_id)
+  [[ -n $cluster_id ]] || die "could not generate a cluster id"
+  # Static quorum (controller.quorum.voters), so no --standalone: in 4.x that flag is for a
+  # dynamic quorum and is refused when controller.quorum.voters is set.
+  if ! java -cp "$LIBS_DIR/*" kafka.tools.StorageTool \
+      format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >"$KAFKA_RUN_DIR/format.log" 2>&1; then
+    cat "$KAFKA_RUN_DIR/format.log" >&2
+    die "formatting $DATA_DIR failed"
+  fi
+}
+
 cmd_up() {
   lock "$KAFKA_RUN_DIR/.lock"
   if port_open "$KAFKA_PORT"; then
@@ -237,19 +256,10 @@ cmd_up() {
   local start
   start=$(now)
   say "starting $KAFKA_VERSION on $KAFKA_HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT, run dir $KAFKA_RUN_DIR)..."
-  rm -rf "$DATA_DIR"
-  mkdir -p "$DATA_DIR"
-  write_config
-
-  local cluster_id
-  cluster_id=$(random_cluster_id)
-  [[ -n $cluster_id ]] || die "could not generate a cluster id"
-  # Static quorum (controller.quorum.voters), so no --standalone: in 4.x that flag is for a
-  # dynamic quorum and is refused when controller.quorum.voters is set.
-  if ! java -cp "$LIBS_DIR/*" kafka.tools.StorageTool \
-      format --cluster-id "$cluster_id" --config "$CONFIG_FILE" >"$KAFKA_RUN_DIR/format.log" 2>&1; then
-    cat "$KAFKA_RUN_DIR/format.log" >&2
-    die "formatting $DATA_DIR failed"
+  if [[ ${KAFKA_KEEP_DATA:-0} == 1 && -f $DATA_DIR/meta.properties ]]; then
+    say "keeping the existing data in $DATA_DIR (a broker restart)"
+  else
+    format_storage
   fi
 
   # Detached from the caller's session; the child records its own pid right before exec'ing java.

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.conftest import KAFKA_SCRIPT
 from tests.integration.conftest import StartWorker
 from tests.integration.helpers import (
     Topics,
@@ -201,3 +204,54 @@ async def test_scale_1_3_2_1_while_traffic_flows_keeps_totals_exact(
         for (_, end, _), (start, _, _) in itertools.pairwise(spans):
             assert end <= start, f"partition {partition} owned twice at once: {spans}"
     assert any(len({w for *_, w in s}) > 1 for s in intervals.values()), "partitions moved"
+
+
+def run_script(command: str, env: dict[str, str]) -> None:
+    subprocess.run(["bash", str(KAFKA_SCRIPT), command], env=env, check=True)
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A broker of this test's own (other tests keep theirs), stopped at the end."""
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_RUN_DIR": str(tmp_path / "broker"),
+    }
+    subprocess.run(["bash", str(KAFKA_SCRIPT), "up"], env=env, check=True)
+    yield env
+    subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], env=env, check=False)
+
+
+async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
+    private_broker: dict[str, str], tmp_path: Path
+) -> None:
+    topics = Topics(f"127.0.0.1:{private_broker['KAFKA_PORT']}")
+    await create_topic(topics.bootstrap, topics.input, 3)
+    events = ending_stream(seed=99, sessions=10)
+    half = len(events) // 2
+    await produce(topics.bootstrap, topics.input, event_records(events[:half]))
+    worker = WorkerProcess(topics.worker_env(free_port()), tmp_path / "worker.log")
+    try:
+        await worker.wait_ready()
+        await wait_for_totals_of(topics, expected_totals(events[:half]))
+        await asyncio.to_thread(run_script, "down", private_broker)
+        await asyncio.sleep(3)  # the worker keeps running without a broker
+        assert worker.process.poll() is None, worker.logs()
+        restart = {**private_broker, "KAFKA_KEEP_DATA": "1"}
+        await asyncio.to_thread(run_script, "up", restart)
+        await produce(topics.bootstrap, topics.input, event_records(events[half:]))
+        await converged(topics, expected_totals(events), timeout_s=120)
+        assert worker.process.poll() is None, "reconnected on its own"
+        assert worker.terminate() == 0
+    finally:
+        worker.close()
+
+
+async def wait_for_totals_of(topics: Topics, expected: dict[str, dict[str, Any]]) -> None:
+    async def probe() -> bool:
+        latest = await latest_snapshots(topics.bootstrap, topics.snapshots)
+        return all(totals_of(latest.get(s, {})) == t for s, t in expected.items())
+
+    await wait_for(probe, 60, 1.0, "totals of the first half")
