@@ -10,7 +10,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.unit.builders import T0, ingested, started
+from tests.unit.builders import SID, T0, ended, ingested, started
 from worker.changelog import decode_state, encode_state
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox
@@ -180,3 +180,28 @@ async def test_run_stops_on_event_with_a_final_checkpoint() -> None:
     await asyncio.wait_for(task, 2)
     assert sink.committed == {0: 1}
     assert not runner.ready
+
+
+async def test_evicted_session_is_tombstoned_in_the_changelog_after_its_ttl() -> None:
+    sink = FakeSink()
+    clock = [T0]
+    runner = make_runner(sink)
+    runner.clock_ms = lambda: clock[0]
+    runner.store.rules = Rules(retention_ms=1_000, evicted_ttl_ms=5_000)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, ingested(0)), record(0, 1, ended(T0 + 100))])
+    await runner.checkpoint()  # final snapshot published
+    clock[0] = T0 + 2_000
+    await runner.checkpoint()  # evicted: its state stays in the changelog
+    assert runner.store.get(SID) is None
+    clock[0] = T0 + 8_000
+    await runner.checkpoint()  # forgotten: tombstone
+    changelog = [
+        r
+        for box in sink.written
+        for rs in box.records.values()
+        for r in rs
+        if r.topic == "changelog"
+    ]
+    assert [r.value is None for r in changelog][-1] is True
+    assert decode_state(changelog[-2].value or b"", 0).evicted_at == T0 + 2_000
