@@ -1,0 +1,291 @@
+"""The command line and the broker-free parts of the operator tools."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+
+from tests.unit.builders import T0, encode, ingested, started
+from worker.__main__ import build_parser, main
+from worker.dlq import DeadLetter, OffsetRange, Selection, letter_json, parse_offset_range
+from worker.kafka import StoredRecord, TopicLayout, TopicSpec
+from worker.replay import replay_file
+from worker.settings import Settings
+from worker.tools import SnapshotPrinter, TailOptions, check_topic, planned_topics
+
+SNAPSHOT = {
+    "id": "s1",
+    "name": "Show",
+    "lastSeen": T0,
+    "sourceSegments": 3,
+    "transcodedSegments": 9,
+    "sourceSegmentsDuration": 6.0,
+    "transcodedSegmentsDuration": 18.0,
+    "sourceBytes": 3_000_000,
+    "transcodedBytes": 2_250_000,
+    "ingestRate": 300_000.0,
+    "outgoingRate": 225_000.0,
+    "isHealthy": True,
+    "issues": [],
+    "createdAt": T0,
+}
+DLQ_HEADERS = [
+    ("dlq.reason", b"invalid_json"),
+    ("dlq.error", b"Invalid JSON: EOF"),
+    ("dlq.source.topic", b"media.segment-events"),
+    ("dlq.source.partition", b"4"),
+    ("dlq.source.offset", b"1234"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`main` configures the root logger; leave it as other tests expect it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def record(value: bytes | None, offset: int = 0, partition: int = 0, **kw: object) -> StoredRecord:
+    fields: dict[str, object] = {
+        "topic": "t",
+        "partition": partition,
+        "offset": offset,
+        "timestamp": T0,
+        "key": b"s1",
+        "value": value,
+        "headers": (),
+    }
+    fields.update(kw)
+    return StoredRecord(**fields)  # type: ignore[arg-type]
+
+
+def snapshot(**fields: object) -> bytes:
+    return orjson.dumps({**SNAPSHOT, **fields})
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tail", "--session", "a", "--session", "b", "--unhealthy", "--json", "--from-beginning"],
+        ["tail", "--max-messages", "3", "--timeout", "2.5", "--snapshot-topic", "x"],
+        ["topics", "create", "--dry-run", "--topic-partitions", "12", "--replication-factor", "3"],
+        ["dlq", "inspect", "--reason", "schema_violation", "--offset", "2:10-20", "--json"],
+        ["dlq", "replay", "--all", "--dry-run", "--to", "other", "--dlq-topic", "d"],
+    ],
+)
+def test_every_tool_command_parses(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0]
+
+
+def test_tail_options_reach_the_command() -> None:
+    args = build_parser().parse_args(
+        ["tail", "--session", "a", "--session", "b", "--max-messages", "3", "--timeout", "2"]
+    )
+    assert (args.session, args.max_messages, args.timeout) == (["a", "b"], 3, 2.0)
+    assert not args.unhealthy
+    assert not args.from_beginning
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["dlq", "replay"], "--reason, --offset or --all"),
+        (["dlq", "replay", "--reason", "nonsense"], "invalid choice"),
+        (["dlq", "inspect", "--offset", "a-b"], "PARTITION:FIRST-LAST"),
+        (["tail", "--max-messages", "0"], "not >= 1"),
+        (["topics"], "required"),
+    ],
+)
+def test_bad_invocations_exit_2_with_a_reason(
+    argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["topics", "create", "--bootstrap-servers", "127.0.0.1:1"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("session-worker topics: cannot ")
+    assert "Kafka at 127.0.0.1:1" in last
+
+
+# --- dlq selection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2:100-250", OffsetRange(2, 100, 250)),
+        ("2:17", OffsetRange(2, 17, 17)),
+        ("0:40-", OffsetRange(0, 40, None)),
+        ("100-200", OffsetRange(None, 100, 200)),
+        ("7", OffsetRange(None, 7, 7)),
+    ],
+)
+def test_offset_ranges(text: str, expected: OffsetRange) -> None:
+    assert parse_offset_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "x", "1:", "1:5-3", "-1:4", "1:2-x", "1:-4"])
+def test_bad_offset_ranges(text: str) -> None:
+    with pytest.raises(ValueError, match=r"PARTITION|offsets must"):
+        parse_offset_range(text)
+
+
+def test_selection_needs_both_a_reason_and_a_range_to_match() -> None:
+    letter = DeadLetter.of(record(b"{", offset=15, partition=2, headers=tuple(DLQ_HEADERS)))
+    assert Selection(everything=True).matches(letter)
+    assert Selection(reasons=frozenset({"invalid_json"})).matches(letter)
+    assert not Selection(reasons=frozenset({"schema_violation"})).matches(letter)
+    assert Selection(ranges=(OffsetRange(2, 10, 20),)).matches(letter)
+    assert not Selection(ranges=(OffsetRange(1, 10, 20),)).matches(letter)
+    assert Selection(ranges=(OffsetRange(1, 0, 1), OffsetRange(None, 15, 15))).matches(letter)
+    both = Selection(frozenset({"schema_violation"}), (OffsetRange(2, 10, 20),))
+    assert not both.matches(letter)
+    assert Selection().is_empty
+
+
+def test_a_dead_letter_keeps_its_own_headers_and_names_its_origin() -> None:
+    letter = DeadLetter.of(
+        record(b"{", offset=3, headers=(("trace", b"abc"), *DLQ_HEADERS, ("x", b"\xff")))
+    )
+    assert (letter.reason, letter.error) == ("invalid_json", "Invalid JSON: EOF")
+    assert letter.source == "media.segment-events 4:1234"
+    assert letter.original_headers() == [("trace", b"abc"), ("x", b"\xff")]
+    as_json = orjson.loads(letter_json(letter))
+    assert as_json["headers"] == {"trace": "abc", "x": "\\xff"}
+    assert (as_json["partition"], as_json["offset"], as_json["value"]) == (0, 3, "{")
+
+
+def test_a_record_without_dlq_headers_is_still_listed() -> None:
+    letter = DeadLetter.of(record(b"{}"))
+    assert (letter.reason, letter.source) == ("unknown", "? ?:?")
+
+
+# --- tail printing ------------------------------------------------------------------------
+
+
+def printer(**options: object) -> tuple[SnapshotPrinter, io.StringIO, io.StringIO]:
+    out, errors = io.StringIO(), io.StringIO()
+    return SnapshotPrinter(TailOptions(**options), out, errors), out, errors  # type: ignore[arg-type]
+
+
+def test_tail_prints_each_change_with_deltas() -> None:
+    tail, out, _ = printer()
+    assert tail.handle(record(snapshot()))
+    assert tail.handle(record(snapshot(sourceSegments=5, transcodedSegments=15), offset=1))
+
+    first, second = out.getvalue().splitlines()
+    assert "s1 'Show'  healthy  src 3  out 9  in 2.40 Mb/s  out 1.80 Mb/s" in first
+    assert "src 5 (+2)  out 15 (+6)" in second
+    assert "\x1b" not in out.getvalue()  # not a terminal: no colour codes
+
+
+def test_tail_json_prints_the_snapshot_bytes_unchanged() -> None:
+    tail, out, _ = printer(json=True)
+    payload = snapshot()
+    tail.handle(record(payload))
+    assert out.getvalue() == payload.decode() + "\n"
+
+
+def test_tail_filters_by_session_and_health_and_shows_recoveries() -> None:
+    tail, out, _ = printer(unhealthy=True, sessions=frozenset({"s1", "s2"}))
+    sick = {"isHealthy": False, "issues": ["No source segments received for 14s"]}
+    shown = [
+        tail.handle(record(snapshot())),  # healthy
+        tail.handle(record(snapshot(**sick))),  # unhealthy
+        tail.handle(record(snapshot(**sick, id="s3"), key=b"s3")),  # not asked for
+        tail.handle(record(snapshot())),  # recovered
+        tail.handle(record(snapshot(sourceSegments=4))),  # healthy again
+    ]
+    assert shown == [False, True, False, True, False]
+    lines = out.getvalue().splitlines()
+    assert "UNHEALTHY" in lines[0]
+    assert "No source segments received for 14s" in lines[0]
+    assert "healthy" in lines[1]
+    assert (tail.read, tail.shown) == (5, 2)
+
+
+def test_tail_reports_snapshots_that_break_the_contract() -> None:
+    tail, out, errors = printer()
+    assert not tail.handle(record(snapshot(sourceSegments=-1), offset=7, partition=1))
+    assert not tail.handle(record(orjson.dumps({"id": "s1"}), offset=8))
+    assert not tail.handle(record(None, offset=9))  # a deleted key
+    assert out.getvalue() == ""
+    assert tail.invalid == 2
+    assert "tail: 1:7: not a valid Session (sourceSegments:" in errors.getvalue()
+
+
+# --- topics -------------------------------------------------------------------------------
+
+
+def test_topic_plan_compacts_snapshots_and_changelog_with_input_partitions() -> None:
+    settings = Settings(group_id="g", input_topic="in", snapshot_topic="snap", dlq_topic="dead")
+    plan = dict(planned_topics(settings, 12))
+
+    assert [spec.name for spec in plan.values()] == ["in", "snap", "g.in.changelog", "dead"]
+    assert {spec.partitions for spec in plan.values()} == {12}
+    assert plan["snapshots"].config["cleanup.policy"] == "compact"
+    assert plan["changelog"].config["cleanup.policy"] == "compact"
+    assert plan["input"].config == {}
+
+
+def test_existing_topics_are_checked_not_altered() -> None:
+    compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    spec = TopicSpec("c", 6, compacted)
+    assert check_topic("changelog", spec, TopicLayout(6, compacted), 6) == ([], [])
+    problems, notes = check_topic(
+        "changelog", spec, TopicLayout(3, {"cleanup.policy": "delete"}), 6
+    )
+    assert problems == [
+        "has 3 partitions; the changelog needs exactly the input's 6 (recreate it empty: "
+        "the worker rebuilds it)",
+        "cleanup.policy is 'delete', must be 'compact'",
+    ]
+    assert notes == ["min.compaction.lag.ms is None (suggested '0'), left as is"]
+    problems, notes = check_topic("snapshots", spec, TopicLayout(12, compacted), 6)
+    assert (problems, notes) == ([], ["has 12 partitions (suggested 6)"])
+
+
+# --- replay progress ----------------------------------------------------------------------
+
+
+def test_replay_shows_progress_on_a_terminal_and_always_a_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.ndjson"
+    bodies = [started(T0, sid="a"), *(ingested(n, sid="a") for n in range(2_000))]
+    events.write_bytes(b"".join(encode(b) + b"\n" for b in bodies) + b"{broken\n")
+    bar = io.StringIO()
+
+    code = replay_file(events, progress=Console(file=bar, force_terminal=True, width=100))
+
+    assert code == 1  # one invalid line
+    drawn = bar.getvalue()
+    assert "replay" in drawn
+    assert "kB" in drawn or "MB" in drawn  # bytes of the file, not lines
+    assert "line 2002: invalid_json" in drawn  # errors print above the bar
+    captured = capsys.readouterr()
+    assert orjson.loads(captured.out)["sourceSegments"] == 2_000
+    summary = captured.err.strip().splitlines()[-1]
+    assert summary.startswith("replayed 2002 events: 2001 valid, 1 invalid, 1 sessions in ")
+    assert summary.endswith(" events/s)")
