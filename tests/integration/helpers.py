@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,16 @@ async def produce(bootstrap: str, topic: str, records: Iterable[Record]) -> int:
     finally:
         await producer.stop()
     return count
+
+
+async def produce_in_chunks(
+    topics: Topics, events: Sequence[Mapping[str, Any]], chunks: int, pause_s: float
+) -> None:
+    """Produce `events` to the input topic in `chunks` parts, pausing between them."""
+    size = max(1, len(events) // chunks)
+    for i in range(0, len(events), size):
+        await produce(topics.bootstrap, topics.input, event_records(events[i : i + size]))
+        await asyncio.sleep(pause_s)
 
 
 def event_records(events: Iterable[Mapping[str, Any]]) -> list[Record]:

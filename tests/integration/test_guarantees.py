@@ -29,6 +29,7 @@ from tests.integration.helpers import (
     http_get,
     latest_snapshots,
     produce,
+    produce_in_chunks,
     totals_of,
     wait_for,
 )
@@ -53,15 +54,6 @@ def ending_stream(seed: int, sessions: int) -> list[dict[str, Any]]:
     events = traffic.events_between(now - span - 60_000, now - 30_000)
     rng = random.Random(seed)
     return events + rng.sample(events, len(events) // 8)
-
-
-async def produce_in_chunks(
-    topics: Topics, events: Sequence[dict[str, Any]], chunks: int, pause_s: float
-) -> None:
-    size = max(1, len(events) // chunks)
-    for i in range(0, len(events), size):
-        await produce(topics.bootstrap, topics.input, event_records(events[i : i + size]))
-        await asyncio.sleep(pause_s)
 
 
 async def reference_snapshots(

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     expected_totals,
     latest_snapshots,
     produce,
+    produce_in_chunks,
     read_all,
     totals_of,
     wait_for,
@@ -141,15 +142,6 @@ async def test_mixed_stream_gives_exact_snapshots_and_dead_letters(
     assert '"stopped"' in worker.logs()
 
 
-async def produce_slowly(
-    topics: Topics, events: list[dict[str, Any]], chunks: int, pause_s: float
-) -> None:
-    size = max(1, len(events) // chunks)
-    for i in range(0, len(events), size):
-        await produce(topics.bootstrap, topics.input, event_records(events[i : i + size]))
-        await asyncio.sleep(pause_s)
-
-
 async def _dead_letters(topics: Topics, count: int) -> list[Any] | None:
     found = await read_all(topics.bootstrap, topics.dlq)
     return found if len(found) >= count else None
@@ -165,7 +157,9 @@ async def test_sigterm_mid_stream_then_restart_gives_the_same_final_snapshots(
     first = start_worker()
     await wait_for_totals(topics, expected_totals(events[:half]))
     # Keep producing while the worker stops, so the stop lands mid-stream.
-    producing = asyncio.create_task(produce_slowly(topics, events[half:], chunks=20, pause_s=0.1))
+    producing = asyncio.create_task(
+        produce_in_chunks(topics, events[half:], chunks=20, pause_s=0.1)
+    )
     await asyncio.sleep(0.5)
     started = time.monotonic()
     assert first.terminate(timeout_s=10) == 0
