@@ -35,7 +35,9 @@ REFRESH_S: Final = 1.0
 PLAIN_EVERY_S: Final = 5.0
 PLAIN_ROWS: Final = 20
 SPARK_WIDTH: Final = 12
-"""Samples of ingest rate per sparkline: the last ~12 s at one sample per refresh."""
+"""Rate samples kept per session: the last ~12 s at one sample per refresh."""
+NARROW_SPARK: Final = 8
+"""Sparkline width below `WIDE` columns, so both fit in 80."""
 TRACKED_SESSIONS: Final = 200
 """History is kept for at most this many of the most active sessions (bounded memory)."""
 THROUGHPUT_SAMPLES: Final = 5
@@ -75,6 +77,9 @@ class Row:
     ingest_rate: float
     outgoing_rate: float
     history: tuple[float, ...]
+    """Ingest rate samples, oldest first."""
+    out_history: tuple[float, ...]
+    """Outgoing rate samples, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,8 @@ def _activity(state: SessionState) -> int:
 class ViewSampler:
     """Turns readings into frames; owns the sparkline history and the throughput window."""
 
-    history: dict[str, deque[float]] = field(default_factory=dict)
+    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+    """(ingest, outgoing) rate samples per tracked session."""
     _throughput: deque[tuple[float, int]] = field(
         default_factory=lambda: deque(maxlen=THROUGHPUT_SAMPLES)
     )
@@ -111,10 +117,11 @@ class ViewSampler:
     def sample(self, reading: Reading, rows: int, monotonic_s: float) -> Frame:
         """A frame of the `rows` most recently active sessions; call once per refresh."""
         tracked = heapq.nlargest(max(rows, TRACKED_SESSIONS), reading.sessions, key=_activity)
-        history: dict[str, deque[float]] = {}
+        history: dict[str, deque[tuple[float, float]]] = {}
         for state in tracked:
             points = self.history.get(state.session_id) or deque(maxlen=SPARK_WIDTH)
-            points.append(state.exported.ingest_rate if state.exported else 0.0)
+            e = state.exported
+            points.append((e.ingest_rate, e.outgoing_rate) if e else (0.0, 0.0))
             history[state.session_id] = points
         self.history = history  # sessions no longer tracked drop their history here
         self._throughput.append((monotonic_s, reading.events_folded))
@@ -140,7 +147,7 @@ class ViewSampler:
         )
 
 
-def _row(state: SessionState, reading: Reading, history: deque[float]) -> Row:
+def _row(state: SessionState, reading: Reading, history: deque[tuple[float, float]]) -> Row:
     e = state.exported
     healthy = e.is_healthy if e else None
     issues = evaluate_issues(state, reading.now_ms, reading.rules) if healthy is False else None
@@ -155,7 +162,8 @@ def _row(state: SessionState, reading: Reading, history: deque[float]) -> Row:
         transcoded_segments=e.transcoded_segments if e else state.transcoded_segments,
         ingest_rate=e.ingest_rate if e else 0.0,
         outgoing_rate=e.outgoing_rate if e else 0.0,
-        history=tuple(history),
+        history=tuple(i for i, _ in history),
+        out_history=tuple(o for _, o in history),
     )
 
 
@@ -211,9 +219,11 @@ def render_frame(frame: Frame, width: int, height: int) -> RenderableType:
         table.add_column("name", no_wrap=True, overflow="ellipsis", max_width=24)
     table.add_column("health", no_wrap=True, min_width=9)
     table.add_column("src/out", justify="right", no_wrap=True)
-    table.add_column("Mb/s in", justify="right", no_wrap=True)
-    table.add_column("ingest", no_wrap=True, min_width=SPARK_WIDTH)
-    table.add_column("out", justify="right", no_wrap=True)
+    spark = SPARK_WIDTH if wide else NARROW_SPARK
+    table.add_column("in Mb/s", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=spark)
+    table.add_column("out Mb/s", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=spark)
     if wide:
         table.add_column("issues", no_wrap=True, overflow="ellipsis", ratio=1)
     rows = frame.rows[:room]
@@ -225,8 +235,9 @@ def render_frame(frame: Frame, width: int, height: int) -> RenderableType:
             _health(row),
             f"{row.source_segments}/{row.transcoded_segments}",
             _mbps(row.ingest_rate),
-            Text(sparkline(row.history), style="cyan"),
+            Text(sparkline(row.history, spark), style="cyan"),
             _mbps(row.outgoing_rate),
+            Text(sparkline(row.out_history, spark), style="magenta"),
         ]
         if wide:
             cells.append(Text("; ".join(row.issues), style="yellow"))
@@ -240,7 +251,7 @@ def render_frame(frame: Frame, width: int, height: int) -> RenderableType:
     first, second = header_lines(frame)
     parts: list[RenderableType] = [_one_line(first), _one_line(second), table, _one_line(footer)]
     for session_id, issues in alerts:
-        line = Text("! ", style="bold red").append(session_id, style="bold")
+        line = Text().append("! ", style="bold red").append(session_id, style="bold")
         line.append(f"  {issues}", style="yellow")
         parts.append(_one_line(line))
     parts += [_one_line(Text(line, style="dim")) for line in logs]

@@ -90,7 +90,7 @@ def test_the_frame_fits_an_80x24_terminal() -> None:
     header = "\n".join(lines[:2])
     for expected in ("ready", "partitions 6", "sessions 30", "ev/s", "lag 12", "dead letters 3"):
         assert expected in header
-    assert lines[2].split() == ["session", "health", "src/out", "Mb/s", "in", "ingest", "out"]
+    assert lines[2].split() == ["session", "health", "src/out", "in", "Mb/s", "out", "Mb/s"]
     assert any(f"+{30 - len(frame.rows[:17])} more sessions" in line for line in lines)
 
 
@@ -120,12 +120,19 @@ def test_unhealthy_sessions_are_red_with_their_issues_spelled_out() -> None:
     assert f"{frame.unhealthy} unhealthy" in lines[0]
 
 
-def test_sparklines_show_each_sessions_ingest_history() -> None:
+def test_sparklines_show_each_sessions_ingest_and_outgoing_history() -> None:
     frame = traffic_frame()
     _, lines = draw(frame)
 
-    assert all(len(row.history) == SPARK_WIDTH for row in frame.rows)
-    assert sum(any(bar in line for bar in "▁▂▃▄▅▆▇█") for line in lines[3:]) >= 10
+    assert all(len(row.history) == len(row.out_history) == SPARK_WIDTH for row in frame.rows)
+    shown = {line.split()[0]: line for line in lines[3:20]}
+    assert len(shown) == 17
+    for row in frame.rows[:17]:
+        ingest, outgoing = sparkline(row.history, 8), sparkline(row.out_history, 8)
+        assert ingest.strip()
+        assert outgoing.strip()
+        assert f"{ingest}  " in shown[row.session_id]
+        assert shown[row.session_id].rstrip().endswith(outgoing.rstrip())
 
 
 def test_a_wide_terminal_shows_names_and_issues_in_the_table() -> None:
