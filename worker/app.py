@@ -7,8 +7,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Final
 
 from aiokafka.errors import KafkaError
@@ -23,6 +25,7 @@ from worker.kafka import (
     prepare_topics,
     read_partitions,
 )
+from worker.logs import held_back, last_message
 from worker.metrics import SessionCollector, WorkerMetrics
 from worker.runner import OutputTopics, Runner
 from worker.settings import ProcessingGuarantee, Settings
@@ -68,8 +71,8 @@ class Worker:
             ),
             settings.publish_interval_s,
         )
-        self.registry.register(
-            SessionCollector(lambda: list(self.store.live.values()), settings.metrics_max_sessions)
+        self.sessions = SessionCollector(
+            lambda: list(self.store.live.values()), settings.metrics_max_sessions
         )
         self.http = HttpServer(
             self.registry,
@@ -81,10 +84,19 @@ class Worker:
                 clock_ms=lambda: self.runner.last_tick_ms,
                 rules=self.store.rules,
             ),
+            self.sessions,
         )
+        if settings.debug_stall_file is not None:
+            self.runner.pause_hook = stall_while_exists(settings.debug_stall_file)
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    async def close(self) -> None:
+        """Close every client, started or not (unstarted ones would warn when collected).
+        Idempotent."""
+        await self.source.stop()
+        await self.sink.stop()
 
     async def _poll_lag(self) -> None:
         while True:
@@ -93,26 +105,55 @@ class Worker:
                 for partition, lag in (await self.source.lag()).items():
                     self.metrics.lag.labels(str(partition)).set(lag)
 
-    async def serve(self) -> None:
+    async def _start(self, stack: AsyncExitStack) -> None:
+        """Topics, HTTP, producer, consumer. Raises StartupError with one readable reason;
+        the Kafka client's own per-attempt error lines are held back meanwhile."""
         settings = self.settings
-        partitions = await prepare_topics(settings)
-        log.info(
-            "starting",
-            extra={
-                "version": package_version(),
-                "input_topic": settings.input_topic,
-                "partitions": partitions,
-                "group_id": settings.group_id,
-                "bootstrap_servers": settings.bootstrap_servers,
-            },
-        )
+        with held_back() as held:
+            try:
+                partitions = await prepare_topics(settings)
+                log.info(
+                    "starting",
+                    extra={
+                        "version": package_version(),
+                        "input_topic": settings.input_topic,
+                        "partitions": partitions,
+                        "group_id": settings.group_id,
+                        "bootstrap_servers": settings.bootstrap_servers,
+                    },
+                )
+                try:
+                    await self.http.start(settings.http_host, settings.http_port)
+                except OSError as error:
+                    where = f"{settings.http_host}:{settings.http_port}"
+                    raise StartupError(f"cannot serve HTTP on {where}: {error}") from error
+                stack.push_async_callback(self.http.stop)
+                await self.sink.start()
+                stack.push_async_callback(self.sink.stop)
+                await self.source.start(self.runner)
+                stack.push_async_callback(self.source.stop)
+            except StartupError as error:
+                raise StartupError(_with_detail(str(error), held)) from error
+            except KafkaError as error:
+                # Anything else at start-up (authentication, authorization, bad config)
+                # is as much an operator's problem as an unreachable broker.
+                message = f"Kafka refused to start the worker: {type(error).__name__}: {error}"
+                raise StartupError(_with_detail(message, held)) from error
+
+    async def serve(self) -> None:
+        """Start, run until stopped (a signal during start-up stops it too), drain, close."""
+        settings = self.settings
         async with AsyncExitStack() as stack:
-            await self.http.start(settings.http_host, settings.http_port)
-            stack.push_async_callback(self.http.stop)
-            await self.sink.start()
-            stack.push_async_callback(self.sink.stop)
-            await self.source.start(self.runner)
-            stack.push_async_callback(self.source.stop)
+            stack.push_async_callback(self.close)
+            starting = asyncio.create_task(self._start(stack))
+            stopped = asyncio.create_task(self.stop_event.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():
+                await _cancel(starting)
+                log.info("stopped during start-up")
+                return
+            starting.result()
             lag_task = asyncio.create_task(self._poll_lag())
             stack.push_async_callback(_cancel, lag_task)
             log.info("serving", extra={"http_port": self.http.port})
@@ -154,11 +195,32 @@ def install_signal_handlers(worker: Worker) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+def _with_detail(message: str, held: list[logging.LogRecord]) -> str:
+    detail = last_message(held)
+    return message if detail is None or detail in message else f"{message} ({detail})"
+
+
+def stall_while_exists(path: Path) -> Callable[[], Awaitable[None]]:
+    """TEST HOOK (WORKER_DEBUG_STALL_FILE): the consume loop sleeps while `path` exists."""
+
+    async def pause() -> None:
+        # A stat() per loop turn, and only when the hook is configured; polling because a
+        # file has no event to wait on.
+        if not path.exists():  # noqa: ASYNC240
+            return
+        log.warning("consume loop stalled by the test hook", extra={"file": str(path)})
+        while path.exists():  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.1)
+        log.warning("consume loop resumed by the test hook", extra={"file": str(path)})
+
+    return pause
+
+
 async def run_worker(settings: Settings) -> int:
-    """Run until stopped; return the process exit code."""
-    worker = Worker(settings)
-    install_signal_handlers(worker)
+    """Run until stopped; return the process exit code (2: could not start)."""
     try:
+        worker = Worker(settings)
+        install_signal_handlers(worker)
         await worker.serve()
     except StartupError as error:
         log.error("cannot start: %s", error)

@@ -53,25 +53,41 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol.value,
     }
     if settings.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
-        context = ssl.create_default_context(cafile=settings.ssl_cafile)
-        if settings.ssl_certfile:
-            key_password = settings.ssl_key_password
-            context.load_cert_chain(
-                settings.ssl_certfile,
-                settings.ssl_keyfile,
-                key_password.get_secret_value() if key_password else None,
-            )
-        options["ssl_context"] = context
+        options["ssl_context"] = tls_context(settings)
     if settings.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
         if settings.sasl_mechanism is None or settings.sasl_username is None:
             raise StartupError("SASL needs WORKER_SASL_MECHANISM and WORKER_SASL_USERNAME")
         password = settings.sasl_password
+        # aiokafka takes the SCRAM credentials in its `sasl_plain_*` options too.
         options.update(
             sasl_mechanism=settings.sasl_mechanism.value,
             sasl_plain_username=settings.sasl_username,
             sasl_plain_password=password.get_secret_value() if password else "",
         )
     return options
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verifying client context: the CA file (else the system store), optional client cert.
+
+    Raises StartupError naming the file that cannot be loaded (never a password)."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(f"cannot load ssl_cafile {settings.ssl_cafile}: {error}") from error
+    context.check_hostname = settings.ssl_check_hostname
+    if settings.ssl_certfile:
+        key_password = settings.ssl_key_password
+        try:
+            context.load_cert_chain(
+                settings.ssl_certfile,
+                settings.ssl_keyfile,
+                key_password.get_secret_value() if key_password else None,
+            )
+        except (OSError, ssl.SSLError) as error:
+            files = ", ".join(str(f) for f in (settings.ssl_certfile, settings.ssl_keyfile) if f)
+            raise StartupError(f"cannot load the client certificate ({files}): {error}") from error
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +115,10 @@ async def _with_admin(
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
     except (TimeoutError, KafkaConnectionError) as error:
         await admin.close()
-        raise StartupError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} within {CONNECT_TIMEOUT_S:.0f}s"
-        ) from error
+        where = f"cannot connect to Kafka at {settings.bootstrap_servers}"
+        if isinstance(error, TimeoutError):
+            raise StartupError(f"{where}: no answer within {CONNECT_TIMEOUT_S:.0f}s") from error
+        raise StartupError(where) from error
     try:
         return await action(admin)
     finally:

@@ -1,7 +1,7 @@
 """Logging setup: one JSON object per line for machines, or plain text for humans.
 
 Context travels in `extra={...}` (topic, partition, offset, session, ...). Secrets are never
-passed to a log call; `redact` is a last line of defence for anything that looks like one.
+passed to a log call; `redact` is a last line of defence for keys that name one.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import orjson
@@ -19,12 +21,16 @@ _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName"}
 )
-_SECRET_WORDS: Final = ("password", "secret", "token", "credential")
+_SECRET_WORDS: Final = ("password", "secret", "token", "credential", "jaas")
+REDACTED: Final = "***"
+CHATTY_LOGGERS: Final = ("aiokafka",)
+"""Libraries that log routine coordination at INFO and every failed connect attempt as an
+error; they are held at WARNING, and held back entirely during start-up."""
 
 
 def redact(context: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: "***" if any(word in k.lower() for word in _SECRET_WORDS) else v
+        k: REDACTED if any(word in k.lower() for word in _SECRET_WORDS) else v
         for k, v in context.items()
     }
 
@@ -33,11 +39,17 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
     return redact({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "message", <context>..., "exception"?}` on one line."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -45,15 +57,19 @@ class JsonFormatter(logging.Formatter):
         entry.update(_context(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
+    """`HH:MM:SS LEVEL logger: message key=value ...`, then any traceback."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  # logging's name
+        line = super().formatMessage(record)
         context = _context(record)
         if context:
             line += " " + " ".join(f"{k}={v}" for k, v in context.items())
@@ -66,5 +82,40 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiokafka is chatty at INFO about routine group coordination.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def held_back(names: tuple[str, ...] = CHATTY_LOGGERS) -> Iterator[list[logging.LogRecord]]:
+    """Keep the named loggers' records instead of printing them (start-up: an unreachable
+    broker would otherwise print a line per attempt). The list is for a better error."""
+    keep = _Keep()
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(keep)
+        logger.propagate = False
+    try:
+        yield keep.records
+    finally:
+        for logger, propagate in zip(loggers, saved, strict=True):
+            logger.removeHandler(keep)
+            logger.propagate = propagate
+
+
+def last_message(records: list[logging.LogRecord]) -> str | None:
+    """The newest held-back warning or error, as text, if any."""
+    for record in reversed(records):
+        if record.levelno >= logging.WARNING:
+            return record.getMessage()
+    return None

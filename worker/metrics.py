@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.state import SessionState
+from worker.state import ExportedValues, SessionState
 
 PREFIX: Final = "session_worker"
+"""The one application prefix of every metric name."""
+SESSION_PREFIX: Final = f"{PREFIX}_session"
+SESSION_LABELS: Final = ("session_id", "parent_id", "project_id")
 RECORDING_STATES: Final = ("waiting", "ready", "failed", "deleted", "none")
 LATENCY_BUCKETS: Final = (
     0.005,
@@ -122,96 +127,206 @@ class WorkerMetrics:
         self.build = Info(f"{p}_build", "Version of the running worker", registry=registry)
 
 
-class SessionCollector(Collector):
-    """Per-session series computed from live state at scrape time, capped and newest first."""
+@dataclass(frozen=True, slots=True)
+class SessionSeries:
+    """One per-session family: `name` after the `session_worker_session_` prefix."""
 
-    def __init__(
-        self,
-        sessions: Callable[[], Iterable[SessionState]],
-        max_sessions: int,
-    ) -> None:
-        """`sessions` must return a copy (it may be called from a rendering thread)."""
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    value: Callable[[ExportedValues], float | None]
+    """The sample value from a session's published numbers; None: no sample."""
+
+    @property
+    def family(self) -> str:
+        return f"{SESSION_PREFIX}_{self.name}"
+
+    @property
+    def sample(self) -> str:
+        """Counters are exposed with `_total` (and their HELP/TYPE lines use it too)."""
+        return f"{self.family}_total" if self.kind == "counter" else self.family
+
+
+SESSION_SERIES: Final = (
+    SessionSeries(
+        "source_segments",
+        "counter",
+        "Distinct source segments ingested",
+        attrgetter("source_segments"),
+    ),
+    SessionSeries(
+        "transcoded_segments",
+        "counter",
+        "Distinct rendition segments produced",
+        attrgetter("transcoded_segments"),
+    ),
+    SessionSeries(
+        "source_duration_seconds",
+        "counter",
+        "Media seconds of source segments",
+        attrgetter("source_duration_s"),
+    ),
+    SessionSeries(
+        "transcoded_duration_seconds",
+        "counter",
+        "Media seconds of rendition segments",
+        attrgetter("transcoded_duration_s"),
+    ),
+    SessionSeries(
+        "source_bytes", "counter", "Bytes of source segments", attrgetter("source_bytes")
+    ),
+    SessionSeries(
+        "transcoded_bytes", "counter", "Bytes of rendition segments", attrgetter("transcoded_bytes")
+    ),
+    SessionSeries(
+        "ingest_rate_bytes_per_second",
+        "gauge",
+        "Source bytes per second over the trailing rate window",
+        attrgetter("ingest_rate"),
+    ),
+    SessionSeries(
+        "outgoing_rate_bytes_per_second",
+        "gauge",
+        "Rendition bytes per second over the trailing rate window",
+        attrgetter("outgoing_rate"),
+    ),
+    SessionSeries(
+        "healthy",
+        "gauge",
+        "1 healthy, 0 unhealthy; absent while the session is not active (isHealthy null)",
+        lambda e: None if e.is_healthy is None else float(e.is_healthy),
+    ),
+    SessionSeries("issues", "gauge", "Number of current health issues", attrgetter("issue_count")),
+    SessionSeries(
+        "last_seen_timestamp_seconds",
+        "gauge",
+        "Timestamp of the newest source segment (Unix seconds)",
+        lambda e: None if e.last_seen_ms is None else e.last_seen_ms / 1000,
+    ),
+)
+RECORDING_FAMILY: Final = f"{SESSION_PREFIX}_recording_status"
+RECORDING_HELP: Final = "1 for the current recording status of a recorded session, else 0"
+LEFT_OUT_FAMILY: Final = f"{PREFIX}_sessions_not_exported"
+LEFT_OUT_HELP: Final = "Sessions with published values left out of /metrics by the export cap"
+
+
+def session_labels(state: SessionState) -> tuple[str, str, str]:
+    """session_id, parent_id, project_id ("" when unknown)."""
+    meta = state.meta
+    parent = meta.get("parent_id")
+    project = meta.get("project_id")
+    return state.session_id, parent[1] if parent else "", project[1] if project else ""
+
+
+def recording_status(state: SessionState) -> str | None:
+    """The recording status of a session that records (as its snapshot shows it), else None."""
+    record = state.meta.get("record")
+    if record is None or record[1] is not True:
+        return None
+    return state.recording[1] if state.recording else "waiting"
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _header(name: str, kind: str, help_text: str) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+
+
+class SessionCollector(Collector):
+    """Per-session series computed from live state at scrape time, capped, newest first.
+
+    Values are each session's `exported` numbers, i.e. exactly what its latest snapshot
+    said; sessions not published yet have no series. Two renderings of the same rows:
+    `collect` for a prometheus-client registry (tests, generic tooling) and `render`, the
+    text exposition written directly, which /metrics uses because it is ~10x faster and
+    allocates few GC-tracked objects (a full GC pass during a big scrape freezes the loop).
+    """
+
+    def __init__(self, sessions: Callable[[], Iterable[SessionState]], max_sessions: int) -> None:
+        """`sessions` must return a copy: both renderings may run in a rendering thread."""
         self._sessions = sessions
         self._max_sessions = max_sessions
+
+    def chosen(self) -> tuple[list[SessionState], int]:
+        """The sessions to export (the most recently active ones when there are more than
+        the cap) and how many the cap left out; sessions never published are not candidates.
+        """
+        published = [s for s in self._sessions() if s.exported is not None]
+        cap = self._max_sessions
+        left_out = max(0, len(published) - cap)
+        if not left_out:
+            return published, 0
+        if cap == 0:
+            return [], left_out
+        # The cap-th newest activity time, then a filter: no long sort in one C call, which
+        # would hold the GIL (and freeze the event loop) for tens of ms with 100k sessions.
+        threshold = heapq.nlargest(cap, [s.last_activity for s in published])[-1]
+        newer = [s for s in published if s.last_activity > threshold]
+        tied = [s for s in published if s.last_activity == threshold]
+        return newer + tied[: cap - len(newer)], left_out
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # dynamic series: skip the registration-time collect()
 
     def collect(self) -> Iterator[Metric]:
-        p = f"{PREFIX}_session"
-        labels = ["session_id", "parent_id", "project_id"]
-
-        def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(f"{p}_{name}", doc, labels=labels)
-
-        def gauge(name: str, doc: str, extra: list[str] | None = None) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"{p}_{name}", doc, labels=labels + (extra or []))
-
-        source_segments = counter("source_segments", "Distinct source segments ingested")
-        transcoded_segments = counter("transcoded_segments", "Distinct rendition segments produced")
-        source_seconds = counter("source_duration_seconds", "Media seconds of source segments")
-        transcoded_seconds = counter(
-            "transcoded_duration_seconds", "Media seconds of rendition segments"
+        states, left_out = self.chosen()
+        rows = [(session_labels(s), s.exported, recording_status(s)) for s in states]
+        for series in SESSION_SERIES:
+            family: CounterMetricFamily | GaugeMetricFamily
+            if series.kind == "counter":
+                family = CounterMetricFamily(series.family, series.help, labels=SESSION_LABELS)
+            else:
+                family = GaugeMetricFamily(series.family, series.help, labels=SESSION_LABELS)
+            for labels, values, _ in rows:
+                value = None if values is None else series.value(values)
+                if value is not None:
+                    family.add_metric(labels, value)
+            yield family
+        recording = GaugeMetricFamily(
+            RECORDING_FAMILY, RECORDING_HELP, labels=[*SESSION_LABELS, "status"]
         )
-        source_bytes = counter("source_bytes", "Bytes of source segments")
-        transcoded_bytes = counter("transcoded_bytes", "Bytes of rendition segments")
-        ingest_rate = gauge(
-            "ingest_rate_bytes_per_second", "Source bytes per second, trailing window"
-        )
-        outgoing_rate = gauge(
-            "outgoing_rate_bytes_per_second", "Rendition bytes per second, trailing window"
-        )
-        healthy = gauge("healthy", "1 healthy, 0 unhealthy; absent while inactive")
-        issues = gauge("issues", "Number of current issues")
-        last_seen = gauge("last_seen_timestamp_seconds", "Newest source segment timestamp")
-        recording = gauge("recording_status", "1 for the current recording status", ["status"])
-        left_out = GaugeMetricFamily(
-            f"{PREFIX}_sessions_not_exported", "Live sessions beyond the export cap, left out"
-        )
-
-        everything = list(self._sessions())
-        if len(everything) > self._max_sessions:
-            chosen = heapq.nlargest(self._max_sessions, everything, key=lambda s: s.last_activity)
-        else:
-            chosen = everything
-        left_out.add_metric([], len(everything) - len(chosen))
-        for s in chosen:
-            e = s.exported
-            if e is None:
-                continue  # not published yet: nothing consistent to show
-            parent = s.meta.get("parent_id")
-            project = s.meta.get("project_id")
-            values = [s.session_id, parent[1] if parent else "", project[1] if project else ""]
-            source_segments.add_metric(values, e.source_segments)
-            transcoded_segments.add_metric(values, e.transcoded_segments)
-            source_seconds.add_metric(values, e.source_duration_s)
-            transcoded_seconds.add_metric(values, e.transcoded_duration_s)
-            source_bytes.add_metric(values, e.source_bytes)
-            transcoded_bytes.add_metric(values, e.transcoded_bytes)
-            ingest_rate.add_metric(values, e.ingest_rate)
-            outgoing_rate.add_metric(values, e.outgoing_rate)
-            if e.is_healthy is not None:
-                healthy.add_metric(values, 1.0 if e.is_healthy else 0.0)
-            issues.add_metric(values, e.issue_count)
-            if e.last_seen_ms is not None:
-                last_seen.add_metric(values, e.last_seen_ms / 1000)
-            record = s.meta.get("record")
-            if record is not None and record[1] is True:
-                current = s.recording[1] if s.recording else "waiting"
+        for labels, _, current in rows:
+            if current is not None:
                 for status in RECORDING_STATES:
-                    recording.add_metric([*values, status], 1.0 if status == current else 0.0)
-        yield from (
-            source_segments,
-            transcoded_segments,
-            source_seconds,
-            transcoded_seconds,
-            source_bytes,
-            transcoded_bytes,
-            ingest_rate,
-            outgoing_rate,
-            healthy,
-            issues,
-            last_seen,
-            recording,
-            left_out,
-        )
+                    recording.add_metric([*labels, status], 1.0 if status == current else 0.0)
+        yield recording
+        yield GaugeMetricFamily(LEFT_OUT_FAMILY, LEFT_OUT_HELP, value=left_out)
+
+    def render(self) -> bytes:
+        """The same families as `collect`, written as text exposition (format 0.0.4).
+
+        Builds strings and a few lists only: no per-sample tuples or dicts, so no GC passes;
+        joined and encoded a family at a time, so no single C call holds the GIL for long.
+        """
+        states, left_out = self.chosen()
+        # Read each session's numbers once, so all its families come from the same tick.
+        exported = [s.exported for s in states]
+        labels = [
+            f'session_id="{_escape(sid)}",parent_id="{_escape(parent)}",'
+            f'project_id="{_escape(project)}"'
+            for sid, parent, project in map(session_labels, states)
+        ]
+        chunks: list[bytes] = []
+        for series in SESSION_SERIES:
+            name, value_of = series.sample, series.value
+            lines = [_header(name, series.kind, series.help)]
+            append = lines.append
+            for label, values in zip(labels, exported, strict=True):
+                value = None if values is None else value_of(values)
+                if value is not None:
+                    append(f"{name}{{{label}}} {value}\n")
+            chunks.append("".join(lines).encode())
+        lines = [_header(RECORDING_FAMILY, "gauge", RECORDING_HELP)]
+        for label, current in zip(labels, map(recording_status, states), strict=True):
+            if current is not None:
+                for status in RECORDING_STATES:
+                    flag = 1 if status == current else 0
+                    lines.append(f'{RECORDING_FAMILY}{{{label},status="{status}"}} {flag}\n')
+        lines.append(_header(LEFT_OUT_FAMILY, "gauge", LEFT_OUT_HELP))
+        lines.append(f"{LEFT_OUT_FAMILY} {left_out}\n")
+        chunks.append("".join(lines).encode())
+        return b"".join(chunks)

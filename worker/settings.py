@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Final
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.rules import Rules
@@ -35,6 +37,22 @@ class LogFormat(StrEnum):
 
 
 Seconds = Annotated[float, Field(gt=0)]
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise PydanticCustomError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+LogLevel = Annotated[str, AfterValidator(_log_level)]
+
+
+def _security_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("security_settings", message)
 
 
 class Settings(BaseSettings):
@@ -78,15 +96,48 @@ class Settings(BaseSettings):
 
     security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
     sasl_mechanism: SaslMechanism | None = None
+    """Required with SASL_PLAINTEXT / SASL_SSL, as are the username and password."""
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
+    """PEM bundle of the CAs to trust; default: the system's trust store."""
     ssl_certfile: str | None = None
+    """PEM client certificate (mutual TLS); `ssl_keyfile` if the key is in another file."""
     ssl_keyfile: str | None = None
     ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    """Verify that the broker's certificate names the host we connect to."""
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     log_format: LogFormat = LogFormat.JSON
+
+    debug_stall_file: Path | None = None
+    """TEST HOOK, never for production: while this file exists the consume loop sleeps
+    instead of fetching, so tests can see /healthz fail for a stuck loop."""
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        """Contradictory security settings fail at start-up, not at the first connection."""
+        sasl = self.security_protocol in (
+            SecurityProtocol.SASL_PLAINTEXT,
+            SecurityProtocol.SASL_SSL,
+        )
+        tls = self.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+        if sasl:
+            missing = [
+                f"WORKER_{name.upper()}"
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise _security_error(f"{self.security_protocol} needs {', '.join(missing)}")
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise _security_error("SASL settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise _security_error("ssl_* files need security_protocol SSL or SASL_SSL")
+        if (self.ssl_keyfile or self.ssl_key_password) and not self.ssl_certfile:
+            raise _security_error("ssl_keyfile and ssl_key_password need ssl_certfile")
+        return self
 
     @property
     def changelog_topic_name(self) -> str:

@@ -1,0 +1,246 @@
+"""How long /metrics takes with many sessions, and how long it stalls the event loop.
+
+    .venv/bin/python -m bench.scrape [--sizes 1000,10000,100000] [--cap N] [--generic]
+
+For each size the store is filled with realistic sessions (synthetic traffic folded through
+the real decoder and fold, then `store.tick`) and the worker's `HttpServer` is built over
+them exactly as the worker wires it. Measured:
+
+* render: the whole /metrics body (`HttpServer.render_metrics`: worker metrics plus
+  `SessionCollector.render`) called directly; wall-clock and CPU milliseconds, median of a
+  few runs. With `--generic`, also the CPU time of prometheus-client's `generate_latest`
+  over a registry holding the same collector (the generic path, for comparison).
+* scrape and loop stall: the server runs on this loop while a client in another process
+  (asking for gzip, like Prometheus) scrapes it, each scrape past the server's cache; a
+  ticker coroutine sleeps 1 ms at a time and records how late it wakes up. The worst
+  lateness during a scrape is the longest the consume loop would have been frozen by it;
+  the same ticker over idle windows of the same length gives the host's noise floor.
+
+No broker is needed. Figures go to stdout as a table; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+
+from worker.events import InvalidRecord, decode_event
+from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
+from worker.metrics import SessionCollector, WorkerMetrics
+from worker.rules import Rules
+from worker.state import SessionState
+from worker.store import SessionStore
+from worker.traffic import SyntheticTraffic
+
+TEMPLATE_SESSIONS: Final = 2_000
+"""Sessions folded from real events; larger stores are filled with renamed copies of these
+(folding 100k sessions event by event takes minutes and changes nothing about a scrape)."""
+TRAFFIC_SPAN_MS: Final = 30_000
+SCRAPES: Final = 5
+TICK_S: Final = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    sessions: int
+    exported: int
+    body_bytes: int
+    render_median_ms: float
+    render_cpu_ms: float
+    generic_ms: float | None
+    scrapes: Scrapes
+
+
+@dataclass(frozen=True, slots=True)
+class Scrapes:
+    durations_ms: list[float]
+    stalls_ms: list[float]
+    """Worst loop stall during each scrape."""
+    idle_stalls_ms: list[float]
+    """Worst loop stall in idle windows as long as a scrape: the host's noise floor."""
+    gzip_bytes: int
+
+
+def fill_store(size: int, now_ms: int) -> SessionStore:
+    """A store with `size` live sessions, folded from synthetic events and ticked once."""
+    store = SessionStore(Rules())
+    template = min(size, TEMPLATE_SESSIONS)
+    traffic = SyntheticTraffic(template, start_ms=now_ms - TRAFFIC_SPAN_MS, seed=5)
+    for event in traffic.events_between(now_ms - TRAFFIC_SPAN_MS, now_ms):
+        decoded = decode_event(orjson.dumps(event), None, now_ms)
+        assert not isinstance(decoded, InvalidRecord), decoded
+        store.apply(decoded, partition=0)
+    originals: Sequence[SessionState] = list(store.live.values())
+    for n in range(template, size):
+        clone = copy.deepcopy(originals[n % template])
+        clone.session_id = f"clone-{n:06d}"
+        clone.meta["parent_id"] = (0, f"stream-{n % 5_000}")
+        clone.meta["project_id"] = (0, f"project-{n % 97}")
+        clone.last_activity -= n % 60_000  # spread recency so the cap has to choose
+        store.live[clone.session_id] = clone
+    store.tick(now_ms)
+    return store
+
+
+def timed_ms(action: Callable[[], bytes], runs: int) -> tuple[list[float], list[float], bytes]:
+    """Wall-clock and CPU milliseconds of each run (CPU time is what a busy host inflates
+    least), and the last result."""
+    wall, cpu, body = [], [], b""
+    for _ in range(runs):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        body = action()
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+        wall.append((time.perf_counter() - started) * 1000)
+    return wall, cpu, body
+
+
+async def _ticker(stop: asyncio.Event, worst: list[float]) -> None:
+    """Sleep TICK_S at a time; record the worst oversleep, i.e. the longest loop stall."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(TICK_S)
+        worst[0] = max(worst[0], (loop.time() - before - TICK_S) * 1000)
+
+
+def make_server(store: SessionStore, cap: int) -> HttpServer:
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    probes = Probes(
+        is_ready=lambda: True,
+        last_progress=time.monotonic,
+        liveness_timeout_s=30,
+        lookup=store.get,
+        clock_ms=lambda: 0,
+        rules=store.rules,
+    )
+    return HttpServer(registry, probes, SessionCollector(lambda: list(store.live.values()), cap))
+
+
+def scrape(url: str) -> tuple[float, int]:
+    """One gzip scrape like Prometheus does (runs in a separate process): (ms, bytes)."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})  # noqa: S310
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310  # our own URL
+        assert response.headers.get("Content-Encoding") == "gzip"
+        size = len(response.read())
+    return (time.perf_counter() - started) * 1000, size
+
+
+async def worst_stall_ms(work: Awaitable[Any]) -> tuple[float, Any]:
+    """Run `work` while a ticker watches this loop: (worst stall ms, result of `work`)."""
+    stop, worst = asyncio.Event(), [0.0]
+    ticker = asyncio.create_task(_ticker(stop, worst))
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await ticker
+    return worst[0], result
+
+
+async def measure_scrapes(server: HttpServer, scraper: ProcessPoolExecutor) -> Scrapes:
+    """Scrape SCRAPES times from another process (so only the server's own work lands on
+    this loop), each past the cache; then watch the idle loop for as many equal windows."""
+    loop = asyncio.get_running_loop()
+    await server.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    durations, stalls, idle, gzipped = [], [], [], 0
+    try:
+        await loop.run_in_executor(scraper, scrape, url)  # warm-up: process start, imports
+        for _ in range(SCRAPES):
+            await asyncio.sleep(SCRAPE_CACHE_S + 0.05)  # past the cache: a real render
+            stall, (elapsed_ms, gzipped) = await worst_stall_ms(
+                loop.run_in_executor(scraper, scrape, url)
+            )
+            stalls.append(stall)
+            durations.append(elapsed_ms)
+        window_s = statistics.median(durations) / 1000
+        for _ in range(SCRAPES):
+            idle.append((await worst_stall_ms(asyncio.sleep(window_s)))[0])
+    finally:
+        await server.stop()
+    return Scrapes(durations, stalls, idle, gzipped)
+
+
+def run_size(size: int, cap: int, generic: bool) -> Result:
+    now_ms = int(time.time() * 1000)
+    store = fill_store(size, now_ms)
+    server = make_server(store, cap)
+    timings, cpu, body = timed_ms(server.render_metrics, SCRAPES)
+    generic_ms = None
+    if generic:
+        registry = CollectorRegistry()
+        WorkerMetrics(registry)
+        registry.register(SessionCollector(lambda: list(store.live.values()), cap))
+        generic_ms = statistics.median(timed_ms(lambda: generate_latest(registry), 3)[1])
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scraper:
+        scrapes = asyncio.run(measure_scrapes(server, scraper))
+    return Result(
+        sessions=size,
+        exported=min(size, cap),
+        body_bytes=len(body),
+        render_median_ms=statistics.median(timings),
+        render_cpu_ms=statistics.median(cpu),
+        generic_ms=generic_ms,
+        scrapes=scrapes,
+    )
+
+
+def table(results: Sequence[Result]) -> str:
+    lines = [
+        "| sessions | exported | body MiB | gzip MiB | render ms (wall / CPU) "
+        "| generic CPU ms | scrape ms | loop stall ms, scraping (median / max) "
+        "| idle (median / max) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        s = r.scrapes
+        generic = "-" if r.generic_ms is None else f"{r.generic_ms:.0f}"
+        lines.append(
+            f"| {r.sessions} | {r.exported} | {r.body_bytes / 2**20:.1f} "
+            f"| {s.gzip_bytes / 2**20:.1f} | {r.render_median_ms:.0f} / {r.render_cpu_ms:.0f} "
+            f"| {generic} | {statistics.median(s.durations_ms):.0f} "
+            f"| {statistics.median(s.stalls_ms):.0f} / {max(s.stalls_ms):.0f} "
+            f"| {statistics.median(s.idle_stalls_ms):.0f} / {max(s.idle_stalls_ms):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scrape",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated")
+    parser.add_argument("--cap", type=int, default=10_000, help="exported sessions (10000)")
+    parser.add_argument(
+        "--generic", action="store_true", help="also time prometheus-client's generate_latest"
+    )
+    args = parser.parse_args(argv)
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        results.append(run_size(size, args.cap, args.generic))
+        print(f"{size} sessions measured", file=sys.stderr)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average {load}; medians of {SCRAPES} runs")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

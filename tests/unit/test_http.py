@@ -1,0 +1,162 @@
+"""The HTTP surface over fakes: real aiohttp server and client on localhost, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.unit.builders import DEFAULT_RULES, SID, Json, decode, seg_ts, segments, started
+from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
+from worker.metrics import SessionCollector, WorkerMetrics
+from worker.session import build_session
+from worker.store import SessionStore
+
+
+@dataclass
+class Loop:
+    """What the probes read, set by each test."""
+
+    ready: bool = False
+    last_progress: float = field(default_factory=time.monotonic)
+    tick_ms: int = seg_ts(3)
+
+
+@dataclass
+class Server:
+    url: str
+    http: HttpServer
+    loop: Loop
+    store: SessionStore
+    metrics: WorkerMetrics
+
+
+def apply_all(store: SessionStore, bodies: list[Json]) -> None:
+    for body in bodies:
+        store.apply(decode(body), 0)
+
+
+@pytest.fixture
+async def server(store: SessionStore) -> AsyncIterator[Server]:
+    apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(3)])
+    store.tick(seg_ts(3))
+    loop = Loop()
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    probes = Probes(
+        is_ready=lambda: loop.ready,
+        last_progress=lambda: loop.last_progress,
+        liveness_timeout_s=5.0,
+        lookup=store.get,
+        clock_ms=lambda: loop.tick_ms,
+        rules=DEFAULT_RULES,
+    )
+    sessions = SessionCollector(lambda: list(store.live.values()), 100)
+    http = HttpServer(registry, probes, sessions)
+    await http.start("127.0.0.1", 0)
+    try:
+        yield Server(f"http://127.0.0.1:{http.port}", http, loop, store, metrics)
+    finally:
+        await http.stop()
+        await http.stop()  # idempotent
+
+
+async def get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as client,
+        client.get(url, headers=headers) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    status, _, body = await get(url)
+    return status, orjson.loads(body)
+
+
+async def test_metrics_has_worker_and_session_series(server: Server) -> None:
+    server.metrics.rebalances.inc()
+    status, headers, body = await get(f"{server.url}/metrics", **{"Accept-Encoding": "identity"})
+
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "Content-Encoding" not in headers
+    text = body.decode()
+    assert "session_worker_rebalances_total 1.0" in text
+    labels = f'session_id="{SID}",parent_id="stream-1",project_id="project-1"'
+    assert f"session_worker_session_source_segments_total{{{labels}}} 3\n" in text
+    assert text.count("# TYPE session_worker_session_source_segments_total counter") == 1
+
+
+async def test_metrics_are_gzipped_when_asked(server: Server) -> None:
+    status, headers, body = await get(f"{server.url}/metrics", **{"Accept-Encoding": "gzip"})
+
+    assert status == 200
+    assert headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(body) == server.http.render_metrics()
+
+
+async def test_scrapes_close_together_share_one_rendering(server: Server) -> None:
+    url = f"{server.url}/metrics"
+    plain = {"Accept-Encoding": "identity"}
+    _, _, first = await get(url, **plain)
+    apply_all(server.store, segments(2, first=3))
+    server.store.tick(seg_ts(5))
+    _, _, cached = await get(url, **plain)
+    assert cached == first
+    await asyncio.sleep(SCRAPE_CACHE_S + 0.1)
+    _, _, fresh = await get(url, **plain)
+    labels = f'session_id="{SID}",parent_id="stream-1",project_id="project-1"'
+    assert f"session_worker_session_source_segments_total{{{labels}}} 5\n".encode() in fresh
+
+
+async def test_readyz_follows_the_runner(server: Server) -> None:
+    assert await get_json(f"{server.url}/readyz") == (503, {"status": "not ready"})
+    server.loop.ready = True
+    assert await get_json(f"{server.url}/readyz") == (200, {"status": "ready"})
+
+
+async def test_healthz_fails_once_the_loop_has_not_moved_for_the_timeout(server: Server) -> None:
+    status, body = await get_json(f"{server.url}/healthz")
+    assert (status, body["status"]) == (200, "ok")
+
+    server.loop.last_progress = time.monotonic() - 6.0
+    status, body = await get_json(f"{server.url}/healthz")
+    assert (status, body["status"]) == (503, "stuck")
+    assert body["secondsSinceProgress"] >= 6.0
+
+    server.loop.last_progress = time.monotonic()
+    assert (await get_json(f"{server.url}/healthz"))[0] == 200
+
+
+async def test_session_is_the_snapshot_at_the_last_tick(server: Server) -> None:
+    status, body = await get_json(f"{server.url}/sessions/{SID}")
+
+    assert status == 200
+    state = server.store.get(SID)
+    assert state is not None
+    assert body == build_session(state, seg_ts(3), DEFAULT_RULES)
+    assert body["sourceSegments"] == 3
+
+
+async def test_unknown_session_is_404(server: Server) -> None:
+    status, body = await get_json(f"{server.url}/sessions/nobody-here")
+
+    assert status == 404
+    assert "error" in body
+
+
+async def test_a_taken_port_raises_oserror(server: Server) -> None:
+    other = HttpServer(CollectorRegistry(), server.http._probes)
+    assert server.http.port is not None
+    with pytest.raises(OSError, match="address already in use"):
+        await other.start("127.0.0.1", server.http.port)
+    await other.stop()

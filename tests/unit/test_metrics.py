@@ -1,0 +1,292 @@
+"""Per-session metrics on a fresh registry: values equal the published snapshot, the export
+cap, the recording enum, eviction; both renderings agree; every metric is documented."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.unit.builders import (
+    DEFAULT_RULES,
+    ROOT,
+    SID,
+    T0,
+    Json,
+    decode,
+    ended,
+    recording,
+    seg_ts,
+    segments,
+    started,
+)
+from worker.metrics import PREFIX, SessionCollector, WorkerMetrics
+from worker.store import SessionStore
+
+LABELS = {"session_id": SID, "parent_id": "stream-1", "project_id": "project-1"}
+DOCS = ROOT / "docs" / "metrics.md"
+
+
+def apply_all(store: SessionStore, bodies: list[Json], partition: int = 0) -> None:
+    for body in bodies:
+        store.apply(decode(body), partition)
+
+
+def collector_registry(store: SessionStore, max_sessions: int = 100) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(SessionCollector(lambda: list(store.live.values()), max_sessions))
+    return registry
+
+
+def value(
+    registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None
+) -> float | None:
+    return registry.get_sample_value(
+        f"{PREFIX}_session_{name}", LABELS if labels is None else labels
+    )
+
+
+def live_session(store: SessionStore, **started_fields: Any) -> dict[str, Any]:
+    """One healthy session with three segments, ticked: returns its published snapshot."""
+    fields = {"parentId": "stream-1", "projectId": "project-1", **started_fields}
+    apply_all(store, [started(**fields), *segments(3)])
+    result = store.tick(seg_ts(3))
+    (snapshot,) = result.snapshots
+    return snapshot.session
+
+
+def test_series_equal_the_published_snapshot(store: SessionStore) -> None:
+    snapshot = live_session(store)
+    registry = collector_registry(store)
+
+    assert value(registry, "source_segments_total") == snapshot["sourceSegments"] == 3
+    assert value(registry, "transcoded_segments_total") == snapshot["transcodedSegments"] == 9
+    assert value(registry, "source_duration_seconds_total") == snapshot["sourceSegmentsDuration"]
+    assert (
+        value(registry, "transcoded_duration_seconds_total")
+        == snapshot["transcodedSegmentsDuration"]
+    )
+    assert value(registry, "source_bytes_total") == snapshot["sourceBytes"]
+    assert value(registry, "transcoded_bytes_total") == snapshot["transcodedBytes"]
+    assert value(registry, "ingest_rate_bytes_per_second") == snapshot["ingestRate"] > 0
+    assert value(registry, "outgoing_rate_bytes_per_second") == snapshot["outgoingRate"] > 0
+    assert snapshot["isHealthy"] is True
+    assert value(registry, "healthy") == 1.0
+    assert value(registry, "issues") == len(snapshot["issues"]) == 0
+    assert value(registry, "last_seen_timestamp_seconds") == snapshot["lastSeen"] / 1000
+    assert registry.get_sample_value(f"{PREFIX}_sessions_not_exported") == 0
+
+
+def test_values_stay_those_of_the_last_snapshot_until_the_next_tick(store: SessionStore) -> None:
+    snapshot = live_session(store)
+    registry = collector_registry(store)
+    apply_all(store, segments(2, first=3))  # folded, not yet published
+
+    assert value(registry, "source_segments_total") == snapshot["sourceSegments"] == 3
+    store.tick(seg_ts(5))
+    assert value(registry, "source_segments_total") == 5
+
+
+def test_a_session_never_published_has_no_series(store: SessionStore) -> None:
+    apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(1)])
+    registry = collector_registry(store)
+
+    assert value(registry, "source_segments_total") is None
+    assert registry.get_sample_value(f"{PREFIX}_sessions_not_exported") == 0
+
+
+def test_unknown_parent_and_project_are_empty_labels(store: SessionStore) -> None:
+    apply_all(store, segments(1))
+    store.tick(seg_ts(1))
+    registry = collector_registry(store)
+    labels = {"session_id": SID, "parent_id": "", "project_id": ""}
+
+    assert value(registry, "source_segments_total", labels) == 1
+
+
+def test_an_unhealthy_session_counts_its_issues(store: SessionStore) -> None:
+    live_session(store)
+    stalled_at = seg_ts(3) + 60_000
+    snapshot = store.tick(stalled_at).snapshots[0].session
+    registry = collector_registry(store)
+
+    assert snapshot["isHealthy"] is False
+    assert value(registry, "healthy") == 0.0
+    assert value(registry, "issues") == len(snapshot["issues"]) == 1
+    assert value(registry, "ingest_rate_bytes_per_second") == 0
+
+
+def test_healthy_is_absent_while_the_session_is_not_active(store: SessionStore) -> None:
+    apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(2)])
+    apply_all(store, [ended(seg_ts(2))])
+    snapshot = store.tick(seg_ts(2)).snapshots[0].session
+    registry = collector_registry(store)
+
+    assert snapshot["isHealthy"] is None
+    assert value(registry, "healthy") is None
+    assert value(registry, "source_segments_total") == 2
+
+
+@pytest.mark.parametrize(
+    ("updates", "current"),
+    [
+        ([], "waiting"),
+        ([("ready", 1)], "ready"),
+        ([("ready", 2), ("failed", 1)], "ready"),  # newest by timestamp wins
+        ([("failed", 1), ("deleted", 2)], "deleted"),
+    ],
+)
+def test_recording_status_is_an_enum_of_five_series(
+    store: SessionStore, updates: list[tuple[str, int]], current: str
+) -> None:
+    apply_all(store, [recording(status, seg_ts(3) + offset) for status, offset in updates])
+    snapshot = live_session(store, record=True)
+    registry = collector_registry(store)
+
+    assert snapshot["recordingStatus"] == current
+    for status in ("waiting", "ready", "failed", "deleted", "none"):
+        expected = 1.0 if status == current else 0.0
+        assert value(registry, "recording_status", {**LABELS, "status": status}) == expected
+
+
+def test_a_session_that_does_not_record_has_no_recording_series(store: SessionStore) -> None:
+    live_session(store, record=False)
+    registry = collector_registry(store)
+
+    assert value(registry, "recording_status", {**LABELS, "status": "waiting"}) is None
+
+
+def many_sessions(store: SessionStore, count: int) -> list[str]:
+    """`count` published sessions; session i was last active at T0 + i seconds."""
+    ids = [f"s-{i:03d}" for i in range(count)]
+    for i, sid in enumerate(ids):
+        apply_all(store, [started(T0 + i * 1000, sid=sid)])
+    store.tick(T0 + count * 1000)
+    return ids
+
+
+def exported_ids(registry: CollectorRegistry) -> set[str]:
+    families = {f.name: f for f in registry.collect()}
+    family = families[f"{PREFIX}_session_source_segments"]
+    return {sample.labels["session_id"] for sample in family.samples}
+
+
+@pytest.mark.parametrize("cap", [0, 1, 3, 5, 8])
+def test_the_cap_keeps_the_most_recently_active_and_counts_the_rest(
+    store: SessionStore, cap: int
+) -> None:
+    ids = many_sessions(store, 5)
+    registry = collector_registry(store, max_sessions=cap)
+
+    assert exported_ids(registry) == set(ids[::-1][:cap])
+    assert registry.get_sample_value(f"{PREFIX}_sessions_not_exported") == max(0, 5 - cap)
+
+
+def test_an_evicted_session_leaves_no_series(store: SessionStore) -> None:
+    apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(2)])
+    apply_all(store, [ended(seg_ts(2))])
+    store.tick(seg_ts(2))
+    registry = collector_registry(store)
+    assert value(registry, "source_segments_total") == 2
+
+    store.tick(seg_ts(2) + 20_000)  # rates decayed to 0: the final snapshot
+    after_retention = seg_ts(2) + DEFAULT_RULES.retention_ms + 1
+    assert [s.session_id for s in store.tick(after_retention).evicted] == [SID]
+    text = generate_latest(registry).decode()
+    assert SID not in text
+    assert value(registry, "source_segments_total") is None
+
+
+def test_a_revoked_partition_leaves_no_series(store: SessionStore) -> None:
+    live_session(store)
+    registry = collector_registry(store)
+    store.drop_partitions([0])
+
+    assert SID not in generate_latest(registry).decode()
+
+
+def normalized(text: str) -> list[tuple[Any, ...]]:
+    return sorted(
+        (
+            family.name,
+            family.type,
+            family.documentation,
+            sorted((s.name, sorted(s.labels.items()), s.value) for s in family.samples),
+        )
+        for family in text_string_to_metric_families(text)
+    )
+
+
+def test_the_fast_rendering_says_what_the_registry_rendering_says(store: SessionStore) -> None:
+    live_session(store, record=True)
+    awkward = 'a "quoted" \\ back\nslash'
+    apply_all(store, [started(sid="odd-1", parentId=awkward, projectId="p"), *segments(1)])
+    store.tick(seg_ts(3))
+    apply_all(store, [*segments(1, sid="unpublished")])
+    collector = SessionCollector(lambda: list(store.live.values()), 100)
+    registry = CollectorRegistry()
+    registry.register(collector)
+
+    fast = collector.render().decode()
+    assert normalized(fast) == normalized(generate_latest(registry).decode())
+    assert "odd-1" in fast
+    assert "unpublished" not in fast
+    parsed = {f.name: f for f in text_string_to_metric_families(fast)}
+    (odd,) = [
+        s
+        for s in parsed[f"{PREFIX}_session_source_segments"].samples
+        if s.labels["session_id"] == "odd-1"
+    ]
+    assert odd.labels["parent_id"] == awkward
+
+
+def exposed_families(store: SessionStore) -> dict[str, str]:
+    """Every family the worker exposes: name (as in the text format) -> type."""
+    live_session(store, record=True)
+    registry = collector_registry(store)
+    WorkerMetrics(registry)
+    return {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        if not family.name.endswith("_created")  # prometheus-client's creation timestamps
+    }
+
+
+def test_metric_names_follow_the_prometheus_conventions(store: SessionStore) -> None:
+    families = exposed_families(store)
+
+    assert len(families) > 30
+    for name, kind in families.items():
+        assert name.startswith(f"{PREFIX}_"), name
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
+        assert (kind == "counter") == name.endswith("_total"), name
+        assert not re.search(r"_(ms|milliseconds|kb|mb|percent)(_|$)", name), f"base units: {name}"
+
+
+def test_every_metric_is_documented_with_its_type(store: SessionStore) -> None:
+    documented: dict[str, str] = {}
+    for line in DOCS.read_text().splitlines():
+        match = re.match(r"\|\s*`(session_worker_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|", line)
+        if match:
+            documented[match.group(1)] = match.group(2)
+    exposed = {
+        # An Info is exposed as a gauge named `*_info`; the docs call it what it is.
+        name: "info" if kind == "gauge" and name.endswith("_info") else kind
+        for name, kind in exposed_families(store).items()
+    }
+    assert documented == exposed
+
+
+def test_the_cap_is_exact_when_sessions_were_last_active_at_the_same_time(
+    store: SessionStore,
+) -> None:
+    for i in range(6):
+        apply_all(store, [started(T0, sid=f"same-{i}")])
+    store.tick(T0)
+    registry = collector_registry(store, max_sessions=4)
+
+    assert len(exported_ids(registry)) == 4
+    assert registry.get_sample_value(f"{PREFIX}_sessions_not_exported") == 2
