@@ -74,6 +74,7 @@ class Worker:
         self.sessions = SessionCollector(
             lambda: list(self.store.live.values()), settings.metrics_max_sessions
         )
+        self.metrics.sessions.set_function(lambda: len(self.store))  # current at every scrape
         self.http = HttpServer(
             self.registry,
             Probes(
