@@ -22,6 +22,9 @@ TOOLS_BIN="$ROOT/.cache/bin"
 KUSTOMIZE_VERSION="v5.5.0"
 PROMTOOL_VERSION="v0.316.0"
 
+# Where Go's official installer and Debian put the toolchain, in case PATH lacks it.
+export PATH="$PATH:/usr/local/go/bin:/usr/lib/go/bin"
+
 log() { printf 'install-deploy-tools: %s\n' "$*" >&2; }
 
 python_tools_present() {

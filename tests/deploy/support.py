@@ -12,8 +12,11 @@ from typing import Any, Final
 import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
+from worker.http import HttpServer, Probes
 from worker.metrics import SessionCollector, WorkerMetrics
+from worker.rules import Rules
 from worker.settings import Settings
 from worker.state import ExportedValues, SessionState, new_session
 
@@ -92,13 +95,25 @@ def fake_session() -> SessionState:
     return state
 
 
-def worker_registry(sessions: Iterable[SessionState] = ()) -> CollectorRegistry:
-    """A fresh registry with the worker's metrics, as worker/app.py wires them."""
+def probes(*, ready: bool = False) -> Probes:
+    """Probe callbacks for an HttpServer that is not attached to a running worker."""
+    return Probes(
+        is_ready=lambda: ready,
+        last_progress=lambda: 0.0,
+        liveness_timeout_s=30.0,
+        lookup=lambda _: None,
+        clock_ms=lambda: 0,
+        rules=Rules(),
+    )
+
+
+def exposition(sessions: Iterable[SessionState] = ()) -> str:
+    """/metrics as the worker serves it: its registry, then the per-session collector."""
     registry = CollectorRegistry()
     WorkerMetrics(registry)
     chosen = list(sessions)
-    registry.register(SessionCollector(lambda: list(chosen), max_sessions=10_000))
-    return registry
+    collector = SessionCollector(lambda: list(chosen), max_sessions=10_000)
+    return HttpServer(registry, probes(), collector).render_metrics().decode()
 
 
 _SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -111,24 +126,28 @@ _SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
 
 
 def exposed_names(metrics: Iterable[Metric]) -> set[str]:
-    """Every series name a scrape can show (also for labelled metrics with no child yet)."""
+    """Every series name a scrape can show: the samples' names, and for a labelled family
+    with no child yet (no sample) the names its type implies."""
     names: set[str] = set()
     for metric in metrics:
-        suffixes = _SUFFIXES.get(metric.type, ("",))
-        names.update(metric.name + suffix for suffix in suffixes)
-        names.update(sample.name for sample in metric.samples)
+        if metric.samples:
+            names.update(sample.name for sample in metric.samples)
+        else:
+            names.update(metric.name + suffix for suffix in _SUFFIXES.get(metric.type, ("",)))
     return names
 
 
 def worker_metric_names() -> set[str]:
-    return exposed_names(worker_registry([fake_session()]).collect())
+    """Series names in the real exposition, with a session that has every per-session series."""
+    return exposed_names(text_string_to_metric_families(exposition([fake_session()])))
 
 
 def samples_per_session() -> int:
     """Series one exported session adds to a scrape (all of them: health known, recording)."""
 
     def count(sessions: list[SessionState]) -> int:
-        return sum(len(m.samples) for m in worker_registry(sessions).collect())
+        lines = exposition(sessions).splitlines()
+        return sum(1 for line in lines if line and not line.startswith("#"))
 
     return count([fake_session()]) - count([])
 

@@ -18,12 +18,12 @@ from tests.deploy.support import (
     config_map_env,
     container_env,
     pod_spec,
+    probes,
     samples_per_session,
     settings_from_env,
     worker_container,
 )
-from worker.http import HttpServer, Probes
-from worker.rules import Rules
+from worker.http import HttpServer
 from worker.settings import Settings
 
 KUBERNETES_VERSIONS: Final = ("1.29.0", "1.37.0")
@@ -160,10 +160,17 @@ def test_credentials_come_from_a_secret(overlay: Manifests) -> None:
     assert not any(o["kind"] == "Secret" for o in overlay.objects), "no Secret in git"
 
 
-def test_static_membership_uses_the_pod_name(overlay: Manifests) -> None:
-    env = {e["name"]: e for e in worker_container(_deployment(overlay))["env"]}
+def test_static_membership_uses_the_pod_name(
+    overlay: Manifests, clean_worker_env: pytest.MonkeyPatch
+) -> None:
+    deployment = _deployment(overlay)
+    env = {e["name"]: e for e in worker_container(deployment)["env"]}
     field = env["WORKER_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
     assert field["fieldPath"] == "metadata.name"
+    # Long enough to ride over a container restart, short enough that a deleted pod's
+    # partitions (a static member never leaves the group) do not stall for long.
+    settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
+    assert 20 <= settings.session_timeout_s <= 60
 
 
 def test_ca_file_is_mounted(overlay: Manifests, clean_worker_env: pytest.MonkeyPatch) -> None:
@@ -210,19 +217,8 @@ def test_probe_paths(overlay: Manifests) -> None:
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
 
 
-def _probes(ready: bool) -> Probes:
-    return Probes(
-        is_ready=lambda: ready,
-        last_progress=lambda: 0.0,
-        liveness_timeout_s=30.0,
-        lookup=lambda _: None,
-        clock_ms=lambda: 0,
-        rules=Rules(),
-    )
-
-
 async def _status_of(paths: list[str]) -> dict[str, int]:
-    server = HttpServer(CollectorRegistry(), _probes(ready=False))
+    server = HttpServer(CollectorRegistry(), probes(ready=False))
     await server.start("127.0.0.1", 0)
     try:
         async with ClientSession() as client:
