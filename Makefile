@@ -35,6 +35,8 @@ unit: $(STAMP) ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit -q
 
 test: $(STAMP) ## lint, typecheck, then the whole suite against a real broker (started and stopped here)
+	@mkdir -p .cache; echo "building deploy-test tools in the background (log: .cache/deploy-tools.log)"
+	nice -n 10 bash scripts/install-deploy-tools.sh > .cache/deploy-tools.log 2>&1 &
 	$(MAKE) lint typecheck
 	bash scripts/kafka.sh up
 	set -o pipefail; status=0; $(BIN)/pytest -q --durations=15 || status=$$?; \

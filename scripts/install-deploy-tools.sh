@@ -51,6 +51,12 @@ if [ "$CHECK_ONLY" = 1 ]; then
     exit $?
 fi
 
+# One installer at a time: `make test` starts one in the background while the suite runs,
+# and the deploy tests' fixture waits here for it instead of building a second copy.
+mkdir -p "$ROOT/.cache"
+exec 9>"$ROOT/.cache/install-deploy-tools.lock"
+flock 9
+
 if [ ! -x "$VENV/bin/python" ]; then
     log "no virtualenv at $VENV: run 'make install' first"
     exit 1

@@ -65,7 +65,12 @@ class Worker:
             self.sink,
             self.store,
             self.metrics,
-            lambda partitions: read_partitions(settings, settings.changelog_topic_name, partitions),
+            lambda partitions: read_partitions(
+                settings,
+                settings.changelog_topic_name,
+                partitions,
+                on_batch=self.runner.mark_progress,
+            ),
             OutputTopics(
                 settings.snapshot_topic, settings.changelog_topic_name, settings.dlq_topic
             ),
@@ -113,6 +118,7 @@ class Worker:
         with held_back() as held:
             try:
                 partitions = await prepare_topics(settings)
+                self.metrics.input_partitions.set(partitions)
                 log.info(
                     "starting",
                     extra={

@@ -30,6 +30,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
     TopicAlreadyExistsError,
 )
+from aiokafka.partitioner import murmur2
 
 from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox, OutRecord
 from worker.settings import SecurityProtocol, Settings
@@ -168,11 +169,25 @@ async def prepare_topics(settings: Settings) -> int:
         partitions = await partition_count(admin, settings.input_topic)
         if partitions is None:
             raise StartupError(f"cannot describe input topic {settings.input_topic!r}")
-        created = await create_topics(
-            admin, worker_topics(settings, partitions), settings.replication_factor
-        )
+        outputs = worker_topics(settings, partitions)
+        existing = set(await admin.list_topics())
+        missing = [spec.name for spec in outputs if spec.name not in existing]
+        if missing and not settings.create_topics:
+            raise StartupError(
+                f"missing topics {', '.join(missing)} (create them, e.g. with "
+                "`session-worker topics create`, or allow WORKER_CREATE_TOPICS)"
+            )
+        created = await create_topics(admin, outputs, settings.replication_factor)
         for name in created:
             log.info("created topic", extra={"topic": name, "partitions": partitions})
+        changelog = settings.changelog_topic_name
+        changelog_partitions = await partition_count(admin, changelog)
+        if changelog_partitions != partitions:
+            # Partition p of the changelog must hold the state of input partition p.
+            raise StartupError(
+                f"changelog topic {changelog!r} has {changelog_partitions} partitions but the "
+                f"input {settings.input_topic!r} has {partitions}: they must match"
+            )
         return partitions
 
     return await _with_admin(settings, prepare)
@@ -312,13 +327,54 @@ def _retriable(error: KafkaError) -> bool:
     )
 
 
+KEY_HASH_CACHE_SIZE: Final = 1 << 20
+"""Keys whose murmur2 hash is remembered (aiokafka's is pure Python, ~10 us per key)."""
+_key_hashes: dict[bytes, int] = {}
+_NO_HEADERS: Final[list[tuple[str, bytes]]] = []
+
+
+def _key_hash(key: bytes) -> int:
+    """The default partitioner's hash of a key (partition = hash % partition count)."""
+    cached = _key_hashes.get(key)
+    if cached is None:
+        if len(_key_hashes) >= KEY_HASH_CACHE_SIZE:
+            _key_hashes.clear()
+        cached = _key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+    return cached
+
+
 async def _send_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
-    futures = [
-        await producer.send(
-            r.topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition
-        )
-        for r in records
-    ]
+    """Write `records` and wait for every ack; raises KafkaError if any write fails.
+
+    Uses the batch API: one future per topic-partition batch instead of one per record
+    (a checkpoint writes tens of thousands of records). Keyed records without an explicit
+    partition go where the default partitioner would put them; keyless ones use `send`.
+    """
+    batches: dict[tuple[str, int], Any] = {}
+    layouts: dict[str, list[int]] = {}
+    futures = []
+    for r in records:
+        partition = r.partition
+        if partition is None:
+            if r.key is None:
+                futures.append(await producer.send(r.topic, value=r.value, headers=list(r.headers)))
+                continue
+            layout = layouts.get(r.topic)
+            if layout is None:
+                layout = layouts[r.topic] = sorted(await producer.partitions_for(r.topic))
+            partition = layout[_key_hash(r.key) % len(layout)]
+        headers = list(r.headers) if r.headers else _NO_HEADERS  # the builder wants a list
+        batch = batches.get((r.topic, partition))
+        if batch is None:
+            batch = batches[r.topic, partition] = producer.create_batch()
+        elif batch.append(key=r.key, value=r.value, timestamp=None, headers=headers):
+            continue
+        else:  # full: send it and start the next one (the first record always fits)
+            futures.append(await producer.send_batch(batch, r.topic, partition=partition))
+            batch = batches[r.topic, partition] = producer.create_batch()
+        batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+    for (topic, partition), batch in batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
     if futures:
         await asyncio.gather(*futures)
 
@@ -391,7 +447,10 @@ class TransactionalSink:
 
 
 async def read_partitions(
-    settings: Settings, topic: str, partitions: Sequence[int]
+    settings: Settings,
+    topic: str,
+    partitions: Sequence[int],
+    on_batch: Callable[[], object] | None = None,
 ) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
     """Read the given partitions of `topic` from the beginning to their current end."""
     result: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
@@ -417,6 +476,8 @@ async def read_partitions(
                 remaining.discard(tp)
         while remaining:
             batches = await reader.getmany(*remaining, timeout_ms=500, max_records=20_000)
+            if on_batch is not None:
+                on_batch()  # a long restore is progress, not a stuck worker
             for tp, records in batches.items():
                 result[tp.partition].extend((r.key, r.value) for r in records)
             for tp in list(remaining):

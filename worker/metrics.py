@@ -104,6 +104,11 @@ class WorkerMetrics:
         self.assigned = Gauge(
             f"{p}_assigned_partitions", "Input partitions owned now", registry=registry
         )
+        self.input_partitions = Gauge(
+            f"{p}_input_partitions",
+            "Partitions of the input topic (sum of assigned over workers should equal it)",
+            registry=registry,
+        )
         self.sessions = Gauge(
             f"{p}_sessions_in_memory", "Live sessions held by this worker", registry=registry
         )

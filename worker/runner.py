@@ -101,8 +101,7 @@ class Runner:
                 await self.pause_hook()
             wait_s = min(max(0.0, next_tick - time.monotonic()), 0.5)
             records = await self.source.fetch(wait_s)
-            self.last_progress = time.monotonic()
-            self.metrics.last_progress.set(time.time())
+            self.mark_progress()
             async with self.lock:
                 if records:
                     self._process(records)
@@ -115,6 +114,11 @@ class Runner:
             self.ready = False
             released, self.assigned = self.assigned, []
             log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
+
+    def mark_progress(self) -> None:
+        """The loop (or a restore) moved: what liveness watches."""
+        self.last_progress = time.monotonic()
+        self.metrics.last_progress.set(time.time())
 
     def _process(self, records: Sequence[InputRecord]) -> None:
         now_ms = self.clock_ms()

@@ -1,0 +1,41 @@
+"""Start-up refuses topic layouts that would break its guarantees, with one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.integration.conftest import StartWorker
+from tests.integration.helpers import Topics, create_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def exit_and_errors(worker_start: StartWorker, **env: str) -> tuple[int, list[str]]:
+    worker = worker_start(**env)
+    code = await asyncio.to_thread(worker.process.wait, 60)
+    errors = [line for line in worker.logs().splitlines() if '"level":"error"' in line]
+    return code, errors
+
+
+async def test_missing_output_topics_are_an_error_when_topic_creation_is_off(
+    topics: Topics, start_worker: StartWorker
+) -> None:
+    await create_topic(topics.bootstrap, topics.input, 2)
+    code, errors = await exit_and_errors(start_worker, WORKER_CREATE_TOPICS="false")
+    assert code != 0
+    assert len(errors) == 1, errors
+    assert topics.snapshots in errors[0]
+    assert topics.changelog in errors[0]
+
+
+async def test_a_changelog_not_co_partitioned_with_the_input_is_refused(
+    topics: Topics, start_worker: StartWorker
+) -> None:
+    await create_topic(topics.bootstrap, topics.input, 3)
+    await create_topic(topics.bootstrap, topics.changelog, 2)
+    code, errors = await exit_and_errors(start_worker)
+    assert code != 0
+    assert len(errors) == 1, errors
+    assert "has 2 partitions but the input" in errors[0]
