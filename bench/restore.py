@@ -45,6 +45,9 @@ def realistic_states(count: int) -> list[SessionState]:
         for event in template:
             state = store.apply(event.model_copy(update={"session_id": sid}), i % PARTITIONS)
         states.append(state)
+    # Tick at the newest event time, as the worker does before it writes a changelog record:
+    # rate windows lose what has left them, so records are as big as a live worker's.
+    store.tick(max(event.timestamp for event in template))
     return states
 
 

@@ -1,0 +1,258 @@
+"""The benchmark suite (`make bench`): throughput against the raw client, end-to-end latency,
+memory, /metrics scrape cost and changelog restore, on the local broker.
+
+    .venv/bin/python -m bench [--quick] [--bootstrap HOST:PORT] [--only throughput,latency]
+
+Prints a table and writes every figure to bench/results/<UTC time>.json. Figures are noisy
+on a shared machine: throughput is a ratio to a bare aiokafka consumer measured in the same
+run (repetitions alternate the two; medians are reported). Nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+import uvloop
+
+from bench import latency, load, restore, scrape, throughput
+
+T = TypeVar("T")
+RESULTS: Final = Path(__file__).parent / "results"
+SECTIONS: Final = ("throughput", "latency", "memory", "scrape", "restore")
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    events: int
+    sessions: int
+    reps: int
+    rate: float
+    soak_s: float
+    memory_sessions: int
+    scrape_sizes: tuple[int, ...]
+    restore_sessions: int
+
+
+FULL: Final = Sizes(2_000_000, 10_000, 3, 20_000, 120, 100_000, (1_000, 10_000, 100_000), 100_000)
+QUICK: Final = Sizes(300_000, 10_000, 3, 20_000, 30, 20_000, (1_000, 10_000), 10_000)
+
+
+def run_on(loop: str, coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return uvloop.run(coroutine()) if loop == "uvloop" else asyncio.run(coroutine())
+
+
+def bench_throughput(bootstrap: str, sizes: Sizes, loops: Sequence[str]) -> dict[str, Any]:
+    topic = f"bench.fill.{time.time_ns() // 1_000_000}"
+    filled = asyncio.run(
+        load.prefill(bootstrap, topic, 6, sizes.events, sizes.sessions, time.time_ns() // 1_000_000)
+    )
+    print(
+        f"prefilled {filled.events:,} events ({filled.value_bytes / filled.events:.0f} B "
+        f"mean value) of {filled.sessions:,} sessions in {filled.seconds:.0f}s",
+        file=sys.stderr,
+    )
+    out: dict[str, Any] = {"prefill": asdict(filled), "loops": {}}
+    for loop in loops:
+        ceilings, workers, ratios = [], [], []
+        for rep in range(sizes.reps):
+            ceiling = run_on(loop, partial(_ceiling_rate, bootstrap, topic, filled.events))
+            worker = run_on(loop, partial(_worker_rate, bootstrap, topic, filled.events))
+            ceilings.append(ceiling)
+            workers.append(worker)
+            ratios.append(worker / ceiling)
+            print(
+                f"  {loop} rep {rep + 1}: ceiling {ceiling:,.0f}/s, worker {worker:,.0f}/s",
+                file=sys.stderr,
+            )
+        out["loops"][loop] = {
+            "ceiling_events_per_s": ceilings,
+            "worker_events_per_s": workers,
+            "ratios": ratios,
+            "ceiling_median": statistics.median(ceilings),
+            "worker_median": statistics.median(workers),
+            "ratio_median": statistics.median(ratios),
+        }
+    return out
+
+
+async def _ceiling_rate(bootstrap: str, topic: str, events: int) -> float:
+    run = await throughput.read_ceiling(throughput.bench_settings(bootstrap, topic), events)
+    return run.rate
+
+
+async def _worker_rate(bootstrap: str, topic: str, events: int) -> float:
+    run, _ = await throughput.run_worker(throughput.bench_settings(bootstrap, topic), events)
+    return run.rate
+
+
+def bench_latency(bootstrap: str, sizes: Sizes) -> dict[str, Any]:
+    result = uvloop.run(latency.measure(bootstrap, sizes.rate, sizes.soak_s))
+    return {**asdict(result), "rss_slope_mib_per_min": result.rss_slope_mib_per_min}
+
+
+def bench_memory(sizes: Sizes) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--sessions", str(sizes.memory_sessions)],
+        check=True,
+        capture_output=True,
+    )
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result
+
+
+def bench_scrape(sizes: Sizes) -> list[dict[str, Any]]:
+    results = []
+    for size in sizes.scrape_sizes:
+        results.append(asdict(scrape.run_size(size, 10_000, generic=False)))
+        print(f"  scrape: {size:,} sessions measured", file=sys.stderr)
+    return results
+
+
+def bench_restore(bootstrap: str, sizes: Sizes) -> dict[str, float]:
+    return asyncio.run(restore.run(sizes.restore_sessions, bootstrap))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = ["| measure | result | target |", "|---|---|---|"]
+    tp = results.get("throughput")
+    if tp:
+        for loop, r in tp["loops"].items():
+            rows.append(
+                f"| throughput ({loop}), median of {len(r['ratios'])} | worker "
+                f"{r['worker_median']:,.0f} ev/s vs ceiling {r['ceiling_median']:,.0f} ev/s: "
+                f"**{r['ratio_median']:.0%}** (per-rep ratios "
+                f"{', '.join(f'{x:.0%}' for x in r['ratios'])}) | >= 70%, >= 100k ev/s |"
+            )
+    lat = results.get("latency")
+    if lat:
+        rows.append(
+            f"| event-to-snapshot latency at {lat['rate_offered']:,.0f} ev/s "
+            f"({lat['sessions_live_end']:,} live sessions, {lat['seconds']:.0f} s) "
+            f"| p50 {lat['p50_ms']:,.0f} ms, p99 **{lat['p99_ms']:,.0f} ms**, "
+            f"max {lat['max_ms']:,.0f} ms ({lat['events_measured']:,} events) "
+            f"| p99 <= {lat['publish_interval_s'] * 1000 + 250:,.0f} ms |"
+        )
+        peak = max((m for _, m in lat["rss_mib"]), default=0.0)
+        rows.append(
+            f"| worker RSS over that soak | peak {peak:,.0f} MiB, slope (2nd half) "
+            f"{lat['rss_slope_mib_per_min']:+.1f} MiB/min | flat (no leak) |"
+        )
+    mem = results.get("memory")
+    if mem:
+        rows.append(
+            f"| memory, {mem['sessions']:,} active sessions | RSS "
+            f"**{mem['rss_per_100k_sessions_mib']:,.0f} MiB per 100k** "
+            f"({mem['rss_per_session_bytes']:,.0f} B/session); state "
+            f"{mem['state_bytes_mean']:,.0f} B mean, {mem['state_bytes_max']:,.0f} B max "
+            f"| <= 2 KiB/session |"
+        )
+    for r in results.get("scrape", []):
+        rows.append(
+            f"| /metrics at {r['sessions']:,} sessions ({r['exported']:,} exported) "
+            f"| render {r['render_median_ms']:,.0f} ms, scrape {r['scrape_median_ms']:,.0f} ms, "
+            f"loop stall {r['stall_max_ms']:,.1f} ms (idle {r['stall_idle_ms']:.1f}) "
+            f"| 10k: < 150 ms, stall < 200 ms |"
+        )
+    rs = results.get("restore")
+    if rs:
+        rows.append(
+            f"| restore {rs['sessions']:,.0f} sessions from the changelog "
+            f"| **{rs['restore_from_kafka_s']:,.1f} s** ({rs['sessions_per_s']:,.0f}/s; "
+            f"{rs['record_bytes_mean']:,.0f} B/record; decode alone "
+            f"{rs['decode_only_s']:,.1f} s) | - |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--loops", default="uvloop,asyncio", help="event loops for throughput")
+    parser.add_argument("--events", type=int, help="prefilled events (throughput)")
+    parser.add_argument("--sessions", type=int, help="sessions in the prefill")
+    parser.add_argument("--reps", type=int, help="throughput repetitions per loop")
+    parser.add_argument("--rate", type=float, help="offered events/s (latency)")
+    parser.add_argument("--soak", type=float, help="seconds of offered load (latency, RSS)")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(
+        args.events or base.events,
+        args.sessions or base.sessions,
+        args.reps or base.reps,
+        args.rate or base.rate,
+        args.soak or base.soak_s,
+        base.memory_sessions,
+        base.scrape_sizes,
+        base.restore_sessions,
+    )
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "sizes": asdict(sizes),
+        "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+    }
+    started = time.monotonic()
+    for section in wanted:
+        print(f"{section}...", file=sys.stderr)
+        if section == "throughput":
+            results[section] = bench_throughput(args.bootstrap, sizes, args.loops.split(","))
+        elif section == "latency":
+            results[section] = bench_latency(args.bootstrap, sizes)
+        elif section == "memory":
+            results[section] = bench_memory(sizes)
+        elif section == "scrape":
+            results[section] = bench_scrape(sizes)
+        elif section == "restore":
+            results[section] = bench_restore(args.bootstrap, sizes)
+        else:
+            parser.error(f"unknown section {section!r} (known: {', '.join(SECTIONS)})")
+    results["seconds"] = time.monotonic() - started
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime())
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(table(results))
+    print(f"\nwritten to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

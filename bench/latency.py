@@ -1,0 +1,172 @@
+"""End-to-end latency at a steady offered load, and the worker's memory over that soak.
+
+A separate process (`bench.load --live`) produces `rate` events/s in real time while the
+real worker runs in this process. Afterwards both topics are read back: every
+`segment.ingested` event carries its produce time (the record's CreateTime, stamped by the
+producer when it sent it), and the snapshot topic is created with LogAppendTime, so each
+snapshot carries the broker's time of writing it. An event's latency is the time from its
+produce to the first snapshot of its session whose `sourceSegments` includes it (events
+are produced in seqNo order per session, so snapshot count > seqNo means included). The
+first `warmup_s` are left out (group join, first fills). RSS is sampled once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from bench.load import create_topic
+from bench.throughput import bench_settings
+from worker.app import Worker
+from worker.kafka import scan_topic
+from worker.settings import Settings
+
+PAGE: int = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+@dataclass(slots=True)
+class LatencyResult:
+    rate_offered: float
+    events_sent: int
+    seconds: float
+    events_measured: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    publish_interval_s: float
+    sessions_live_end: int
+    rss_mib: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since start, RSS MiB) samples of this process (the worker) over the run."""
+
+    @property
+    def rss_slope_mib_per_min(self) -> float:
+        """Least-squares slope of RSS over the second half of the run (after warm-up)."""
+        half = self.rss_mib[len(self.rss_mib) // 2 :]
+        if len(half) < 3:
+            return 0.0
+        slope, _ = statistics.linear_regression([t for t, _ in half], [m for _, m in half])
+        return slope * 60
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _sample_rss(samples: list[tuple[float, float]], started: float) -> None:
+    while True:
+        samples.append((time.monotonic() - started, rss_bytes() / 2**20))
+        await asyncio.sleep(1.0)
+
+
+async def measure(
+    bootstrap: str,
+    rate: float,
+    seconds: float,
+    warmup_s: float = 5.0,
+    partitions: int = 6,
+    **overrides: object,
+) -> LatencyResult:
+    topic = f"bench.live.{time.time_ns() // 1_000_000}"
+    settings: Settings = bench_settings(bootstrap, topic, **overrides)
+    await create_topic(bootstrap, topic, partitions)
+    await create_topic(
+        bootstrap,
+        settings.snapshot_topic,
+        partitions,
+        **{"message.timestamp.type": "LogAppendTime", "cleanup.policy": "compact"},
+    )
+    worker = Worker(settings, CollectorRegistry())
+    serving = asyncio.create_task(worker.serve())
+    while not worker.runner.ready:  # joined and assigned: start the load now
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    samples: list[tuple[float, float]] = []
+    sampler = asyncio.create_task(_sample_rss(samples, started))
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--partitions",
+        str(partitions),
+        "--live",
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await producer.communicate()
+    await asyncio.sleep(settings.publish_interval_s * 2 + 1)  # let the last events publish
+    sampler.cancel()
+    sessions_live = len(worker.store)
+    worker.stop()
+    await serving
+    sent = int(orjson.loads(out)["sent"]) if producer.returncode == 0 else 0
+    latencies = await _latencies(settings, warmup_s)
+    return LatencyResult(
+        rate_offered=rate,
+        events_sent=sent,
+        seconds=seconds,
+        events_measured=len(latencies),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else float("nan"),
+        publish_interval_s=settings.publish_interval_s,
+        sessions_live_end=sessions_live,
+        rss_mib=samples,
+    )
+
+
+async def _latencies(settings: Settings, warmup_s: float) -> list[float]:
+    """Per ingested event: ms from its produce to the first snapshot that counts it."""
+    produced: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+    first_ms: int | None = None
+    for record in await scan_topic(settings, settings.input_topic):
+        value = record.value or b""
+        if b'"segment.ingested"' not in value or record.key is None:
+            continue
+        first_ms = record.timestamp if first_ms is None else min(first_ms, record.timestamp)
+        produced[record.key].append((orjson.loads(value)["seqNo"], record.timestamp))
+    published: dict[bytes, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for record in await scan_topic(settings, settings.snapshot_topic):
+        if record.key is None or record.value is None:
+            continue
+        counts, times = published[record.key]
+        counts.append(orjson.loads(record.value)["sourceSegments"])
+        times.append(record.timestamp)
+    latencies: list[float] = []
+    cutoff = (first_ms or 0) + warmup_s * 1000
+    for key, events in produced.items():
+        counts, times = published.get(key, ([], []))
+        for seq_no, produced_ms in events:
+            if produced_ms < cutoff:
+                continue
+            # Counts only grow, so the first snapshot with count > seqNo is found by bisection.
+            index = bisect_left(counts, seq_no + 1)
+            if index < len(counts):
+                latencies.append(float(times[index] - produced_ms))
+    latencies.sort()
+    return latencies
