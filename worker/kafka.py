@@ -12,7 +12,6 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -40,6 +39,8 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT_S: Final = 15.0
 """Startup gives up on an unreachable broker after this long, with one clear error."""
+DESCRIBE_SETTLE_S: Final = 5.0
+"""How long a just-created topic may take to be described with its partitions."""
 
 
 class StartupError(RuntimeError):
@@ -126,20 +127,37 @@ async def _with_admin(
         await admin.close()
 
 
-async def create_topics(
+async def _create_missing(
     admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], replication: int
-) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+) -> tuple[list[str], dict[str, str]]:
+    """Create the topics that do not exist yet: (names created, {name: why refused}).
+
+    aiokafka reports per-topic failures in the response rather than raising; a topic that
+    exists by now (another replica or tool won the race) is not a failure.
+    """
     existing = set(await admin.list_topics())
     missing = [s for s in specs if s.name not in existing]
     if not missing:
-        return []
-    new = [
-        NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.config)) for s in missing
-    ]
-    with suppress(TopicAlreadyExistsError):  # another replica won the race: fine
-        await admin.create_topics(new)
-    return [s.name for s in missing]
+        return [], {}
+    response = await admin.create_topics(
+        [NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.config)) for s in missing]
+    )
+    refused: dict[str, str] = {}
+    for name, error_code, *rest in response.topic_errors:
+        if error_code not in (0, TopicAlreadyExistsError.errno):
+            refused[name] = str(rest[0] if rest and rest[0] else f"error code {error_code}")
+    return [s.name for s in missing if s.name not in refused], refused
+
+
+async def create_topics(
+    admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], replication: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return their names. Raises StartupError."""
+    created, refused = await _create_missing(admin, specs, replication)
+    if refused:
+        reasons = "; ".join(f"{name}: {why}" for name, why in refused.items())
+        raise StartupError(f"cannot create topics: {reasons}")
+    return created
 
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
@@ -157,6 +175,17 @@ async def partition_count(admin: AIOKafkaAdminClient, topic: str) -> int | None:
     return None
 
 
+async def settled_partition_count(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """`partition_count`, asked again for a while: just after a topic is created (by us or a
+    replica starting alongside) the broker may not describe it yet."""
+    deadline = time.monotonic() + DESCRIBE_SETTLE_S
+    while True:
+        count = await partition_count(admin, topic)
+        if count is not None or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
 async def prepare_topics(settings: Settings) -> int:
     """Ensure the input exists (or create it) and the output topics exist; return partitions."""
 
@@ -166,7 +195,7 @@ async def prepare_topics(settings: Settings) -> int:
                 raise StartupError(f"input topic {settings.input_topic!r} does not exist")
             spec = TopicSpec(settings.input_topic, settings.topic_partitions, {})
             await create_topics(admin, [spec], settings.replication_factor)
-        partitions = await partition_count(admin, settings.input_topic)
+        partitions = await settled_partition_count(admin, settings.input_topic)
         if partitions is None:
             raise StartupError(f"cannot describe input topic {settings.input_topic!r}")
         outputs = worker_topics(settings, partitions)
@@ -181,7 +210,7 @@ async def prepare_topics(settings: Settings) -> int:
         for name in created:
             log.info("created topic", extra={"topic": name, "partitions": partitions})
         changelog = settings.changelog_topic_name
-        changelog_partitions = await partition_count(admin, changelog)
+        changelog_partitions = await settled_partition_count(admin, changelog)
         if changelog_partitions != partitions:
             # Partition p of the changelog must hold the state of input partition p.
             raise StartupError(
@@ -673,22 +702,11 @@ async def describe_layouts(
 async def create_topic_specs(
     settings: Settings, specs: Sequence[TopicSpec], replication: int
 ) -> dict[str, str]:
-    """Create the given topics; return an error message per topic the broker refused.
-
-    A topic that already exists is not an error (another tool or replica created it).
-    """
+    """Create the given topics; return an error message per topic the broker refused."""
     if not specs:
         return {}
 
     async def create(admin: AIOKafkaAdminClient) -> dict[str, str]:
-        new = [
-            NewTopic(s.name, s.partitions, replication, topic_configs=dict(s.config)) for s in specs
-        ]
-        response = await admin.create_topics(new)
-        refused: dict[str, str] = {}
-        for name, error_code, *rest in response.topic_errors:
-            if error_code not in (0, TopicAlreadyExistsError.errno):
-                refused[name] = str(rest[0] if rest and rest[0] else f"error code {error_code}")
-        return refused
+        return (await _create_missing(admin, specs, replication))[1]
 
     return await _with_admin(settings, create)
