@@ -114,8 +114,16 @@ def held_back(names: tuple[str, ...] = CHATTY_LOGGERS) -> Iterator[list[logging.
 
 
 def last_message(records: list[logging.LogRecord]) -> str | None:
-    """The newest held-back warning or error, as text, if any."""
+    """The newest held-back warning or error, as text, if any. An exception argument with
+    no text (a bare timeout) is shown by its type name rather than as nothing."""
     for record in reversed(records):
-        if record.levelno >= logging.WARNING:
-            return record.getMessage()
+        if record.levelno < logging.WARNING:
+            continue
+        if isinstance(record.args, tuple) and record.args:
+            args = tuple(
+                type(a).__name__ if isinstance(a, BaseException) and not str(a) else a
+                for a in record.args
+            )
+            return str(record.msg) % args
+        return record.getMessage()
     return None

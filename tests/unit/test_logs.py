@@ -174,6 +174,12 @@ def test_held_back_records_are_kept_not_printed(stream: io.StringIO) -> None:
     assert last_message([]) is None
 
 
+def test_a_bare_exception_in_a_held_back_record_is_named() -> None:
+    with held_back() as held:
+        logging.getLogger("aiokafka").error('Unable connect to "%s": %s', "h:1", TimeoutError())
+    assert last_message(held) == 'Unable connect to "h:1": TimeoutError'
+
+
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_a_startup_failure_with_sasl_configured_logs_one_line_and_no_secret(
     log_format: str,
