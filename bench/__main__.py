@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ import orjson
 import uvloop
 
 from bench import latency, load, restore, scrape, throughput
+from worker.gctune import tune_gc
 
 T = TypeVar("T")
 RESULTS: Final = Path(__file__).parent / "results"
@@ -212,7 +214,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, help="throughput repetitions per loop")
     parser.add_argument("--rate", type=float, help="offered events/s (latency)")
     parser.add_argument("--soak", type=float, help="seconds of offered load (latency, RSS)")
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
+    )
     args = parser.parse_args(argv)
+    if not args.default_gc:
+        tune_gc()  # the worker runs in this process: tune it as `session-worker run` does
     base = QUICK if args.quick else FULL
     sizes = Sizes(
         args.events or base.events,
@@ -229,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": machine(),
         "sizes": asdict(sizes),
         "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+        "gc_thresholds": gc.get_threshold(),
     }
     started = time.monotonic()
     for section in wanted:

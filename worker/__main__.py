@@ -253,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "run":
         from worker.app import run_worker  # noqa: PLC0415
+        from worker.gctune import tune_gc  # noqa: PLC0415
 
+        tune_gc()
         return _run_async(lambda: run_worker(settings))
     from worker.demo import run_demo  # noqa: PLC0415
 

@@ -8,13 +8,16 @@ a rolling upgrade can refuse (and report) a format it does not understand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
 
-from worker.state import SessionState
+from worker.state import SessionState, share_meta, share_value
 
 FORMAT_VERSION: Final = 1
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 class ChangelogFormatError(ValueError):
@@ -29,6 +32,7 @@ class ChangelogEntry:
 
 
 def encode_state(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
+    transcodes = state.recent_transcodes
     body: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "id": state.session_id,
@@ -55,7 +59,15 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
         "ingestWindow": state.ingest_window,
         "outgoingWindow": state.outgoing_window,
         "recentDurations": list(state.recent_durations.items()),
-        "recentTranscodes": [[s, r, list(n)] for s, (r, n) in state.recent_transcodes.items()],
+        # [seqNo, ratio, names] rows built in C (orjson writes tuples as arrays).
+        "recentTranscodes": list(
+            zip(
+                transcodes,
+                map(_first, transcodes.values()),
+                map(_second, transcodes.values()),
+                strict=True,
+            )
+        ),
         "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
         "meta": state.meta,
         "recording": state.recording,
@@ -95,9 +107,11 @@ def decode_state(payload: bytes, partition: int) -> ChangelogEntry:
             ingest_window=[(ts, size) for ts, size in body["ingestWindow"]],
             outgoing_window=[(ts, size) for ts, size in body["outgoingWindow"]],
             recent_durations=dict(body["recentDurations"]),
-            recent_transcodes={s: (r, tuple(n)) for s, r, n in body["recentTranscodes"]},
+            recent_transcodes={
+                s: (r, share_value(tuple(n))) for s, r, n in body["recentTranscodes"]
+            },
             failures={s: (ts, err) for s, ts, err in body["failures"]},
-            meta={k: (v[0], v[1]) for k, v in body["meta"].items()},
+            meta={k: (v[0], share_meta(k, v[1])) for k, v in body["meta"].items()},
             recording=None if body["recording"] is None else tuple(body["recording"]),
             ended_at=body["endedAt"],
             timed_out=body["timedOut"],

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from statistics import median
+from functools import partial
+from operator import is_not, itemgetter
 
 from worker.rules import Rules
 from worker.state import SessionState, recent_failures
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_not_none = partial(is_not, None)
 
 
 def is_active(state: SessionState) -> bool:
@@ -13,9 +18,16 @@ def is_active(state: SessionState) -> bool:
     return state.first_segment_at is not None and (state.ended_at is None or state.timed_out)
 
 
+def _median(values: list[float]) -> float:
+    """statistics.median (same result), without its generic overhead: runs every tick."""
+    values.sort()
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
 def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
-    durations = state.recent_durations.values()
-    typical_ms = median(durations) * 1000 if durations else 0.0
+    durations = state.recent_durations
+    typical_ms = _median(list(durations.values())) * 1000 if durations else 0.0
     return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
 
 
@@ -40,7 +52,8 @@ def _failure_issue(state: SessionState) -> str | None:
 
 
 def _slow_issue(state: SessionState, rules: Rules) -> str | None:
-    ratios = [r for r, _ in state.recent_transcodes.values() if r is not None]
+    # C-level iteration (no per-entry bytecode): this runs for every session every tick.
+    ratios = list(filter(_not_none, map(_first, state.recent_transcodes.values())))
     if not ratios:
         return None
     mean_ratio = sum(ratios) / len(ratios)
@@ -64,7 +77,8 @@ def _missing_renditions_issue(state: SessionState) -> str | None:
         return None
     expected = {p["name"] for p in configured[1]}
     missing: set[str] = set()
-    for _, names in state.recent_transcodes.values():
+    # Distinct name tuples first: recent segments nearly always share one.
+    for names in set(map(_second, state.recent_transcodes.values())):
         missing |= expected.difference(names)
     if not missing:
         return None

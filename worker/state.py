@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+import orjson
+
 from worker.events import (
     Event,
     RecordingUpdated,
@@ -36,6 +38,38 @@ _META_FIELDS: Final = (
     "kind",
     "user_id",
 )
+
+
+MAX_SHARED_VALUES: Final = 4096
+"""Distinct rendition-name tuples and profile lists remembered for sharing between sessions
+(a fleet uses a handful of ladders; sharing saves ~2 KB per session). Bounded: cleared when
+full, which only costs sharing, never correctness."""
+_shared: dict[Any, Any] = {}
+_SHARED_META: Final = frozenset({"profiles", "recording_spec"})
+
+
+def _share(key: Any, value: Any) -> Any:
+    """An equal value already held by another session, else `value` (then remembered).
+
+    Shared values are never mutated: the fold replaces them, it does not edit them."""
+    found = _shared.get(key)
+    if found is None:
+        if len(_shared) >= MAX_SHARED_VALUES:
+            _shared.clear()
+        found = _shared[key] = value
+    return found
+
+
+def share_value(value: Any) -> Any:
+    """`_share` for a hashable value (rendition name tuples)."""
+    return _share(value, value)
+
+
+def share_meta(name: str, value: Any) -> Any:
+    """`_share` for the metadata that sessions repeat verbatim (profile ladders)."""
+    if name in _SHARED_META:
+        return _share((name, orjson.dumps(value)), value)
+    return value
 
 
 class ExportedValues(NamedTuple):
@@ -105,8 +139,11 @@ def _shift_into_window(hwm: int, mask: int, seq_no: int) -> tuple[int, int, int 
 
 
 def _keep_newest(recent: dict[int, Any], limit: int = RECENT_SEGMENTS) -> None:
-    if len(recent) > limit:
-        for seq_no in sorted(recent)[: len(recent) - limit]:
+    excess = len(recent) - limit
+    if excess == 1:  # the usual case: one new entry pushed the oldest out
+        del recent[min(recent)]
+    elif excess > 1:
+        for seq_no in sorted(recent)[:excess]:
             del recent[seq_no]
 
 
@@ -188,7 +225,7 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
         # A retry may deliver renditions the first attempt lacked: remember their union.
         names = tuple(sorted(set(names) | set(previous[1])))
         ratio = previous[0] if ratio is None else ratio
-    state.recent_transcodes[event.seq_no] = (ratio, names)
+    state.recent_transcodes[event.seq_no] = (ratio, share_value(names))
     _keep_newest(state.recent_transcodes)
 
 
@@ -230,10 +267,10 @@ def _fold_started(state: SessionState, event: SessionStarted) -> None:
             _set_meta(state, name, event.timestamp, value)
     if event.profiles is not None:
         profiles = [p.model_dump(by_alias=True, exclude_none=True) for p in event.profiles]
-        _set_meta(state, "profiles", event.timestamp, profiles)
+        _set_meta(state, "profiles", event.timestamp, share_meta("profiles", profiles))
     if event.recording_spec is not None:
         spec = event.recording_spec.model_dump(by_alias=True, exclude_none=True)
-        _set_meta(state, "recording_spec", event.timestamp, spec)
+        _set_meta(state, "recording_spec", event.timestamp, share_meta("recording_spec", spec))
 
 
 def _fold_recording(state: SessionState, event: RecordingUpdated) -> None:
@@ -296,5 +333,5 @@ def expire_windows(state: SessionState, now_ms: int, window_ms: int) -> None:
     """Drop rate entries that can never count again for any later `now`."""
     start = now_ms - window_ms
     for window in (state.ingest_window, state.outgoing_window):
-        if window and min(ts for ts, _ in window) <= start:
+        if window and min(window)[0] <= start:  # (ts, size) tuples: the min has the min ts
             window[:] = [entry for entry in window if entry[0] > start]
