@@ -60,6 +60,10 @@ class SessionStore:
         self.live: dict[str, SessionState] = {}
         self.evicted: dict[str, tuple[SessionState, int]] = {}
         self._dirty: set[str] = set()
+        self._settled: set[str] = set()
+        """Ended sessions whose published snapshot is final until their next event: nothing
+        in it depends on `now` any more (rate windows empty, health null or timed out), so
+        a tick skips building it. Runtime only: a restored session starts unsettled."""
 
     def __len__(self) -> int:
         return len(self.live)
@@ -81,6 +85,7 @@ class SessionStore:
             self.live[session_id] = state
         fold(state, event)
         self._dirty.add(session_id)
+        self._settled.discard(session_id)
         return state
 
     def restore(self, state: SessionState, evicted_at: int | None) -> None:
@@ -88,6 +93,7 @@ class SessionStore:
         if evicted_at is None:
             self.live[state.session_id] = state
             state.published_hash = None
+            self._settled.discard(state.session_id)
         else:
             self.evicted[state.session_id] = (state, evicted_at)
 
@@ -98,6 +104,7 @@ class SessionStore:
         for sid in dropped:
             del self.live[sid]
             self._dirty.discard(sid)
+            self._settled.discard(sid)
         for sid in [sid for sid, (s, _) in self.evicted.items() if s.partition in gone]:
             del self.evicted[sid]
         return dropped
@@ -112,7 +119,18 @@ class SessionStore:
         result = TickResult()
         changed_ids = self._dirty
         self._dirty = set()
+        settled = self._settled
         for session_id, state in list(self.live.items()):
+            if session_id in settled:
+                # Its snapshot cannot have changed (see `_settled`): only eviction is due.
+                ended_at = state.ended_at
+                if ended_at is not None and now_ms - ended_at > rules.retention_ms:
+                    settled.discard(session_id)
+                    del self.live[session_id]
+                    self.evicted[session_id] = (state, now_ms)
+                    result.evicted.append(state)
+                    result.changed.append(state)
+                continue
             # Also sessions that never had a segment (started, then nothing): else they would
             # stay live forever. Those show no issue (isHealthy stays null) but are evicted.
             if state.ended_at is None and now_ms - state.last_activity > rules.idle_timeout_ms:
@@ -123,6 +141,8 @@ class SessionStore:
             payload = encode_session(session)
             state.exported = exported_values(session)
             digest = hash(payload)
+            if state.ended_at is not None and not (state.ingest_window or state.outgoing_window):
+                settled.add(session_id)  # from the next tick on: what it shows now is final
             if digest != state.published_hash:
                 state.published_hash = digest
                 result.snapshots.append(Snapshot(session_id, state.partition, session, payload))
@@ -132,6 +152,7 @@ class SessionStore:
                 and session_id not in changed_ids
                 and now_ms - state.ended_at > rules.retention_ms
             ):
+                settled.discard(session_id)
                 del self.live[session_id]
                 self.evicted[session_id] = (state, now_ms)
                 result.evicted.append(state)
