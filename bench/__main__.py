@@ -41,22 +41,28 @@ class Sizes:
     events: int
     sessions: int
     reps: int
-    rate: float
+    rates: tuple[float, ...]
     soak_s: float
     memory_sessions: int
     scrape_sizes: tuple[int, ...]
     restore_sessions: int
 
 
-FULL: Final = Sizes(2_000_000, 10_000, 3, 20_000, 120, 100_000, (1_000, 10_000, 100_000), 100_000)
-QUICK: Final = Sizes(300_000, 10_000, 3, 20_000, 30, 20_000, (1_000, 10_000), 10_000)
+FULL: Final = Sizes(
+    2_000_000, 10_000, 3, (20_000, 5_000), 120, 100_000, (1_000, 10_000, 100_000), 100_000
+)
+QUICK: Final = Sizes(300_000, 10_000, 3, (20_000, 5_000), 30, 20_000, (1_000, 10_000), 10_000)
 
 
 def run_on(loop: str, coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return uvloop.run(coroutine()) if loop == "uvloop" else asyncio.run(coroutine())
 
 
-def bench_throughput(bootstrap: str, sizes: Sizes, loops: Sequence[str]) -> dict[str, Any]:
+def bench_throughput(
+    bootstrap: str, sizes: Sizes, loops: Sequence[str], intervals: Sequence[float]
+) -> dict[str, Any]:
+    """Per event loop at the default publish interval, then (first loop only) at the other
+    `intervals`: how much of the worker's cost is its per-interval checkpoint."""
     topic = f"bench.fill.{time.time_ns() // 1_000_000}"
     filled = asyncio.run(
         load.prefill(bootstrap, topic, 6, sizes.events, sizes.sessions, time.time_ns() // 1_000_000)
@@ -66,20 +72,25 @@ def bench_throughput(bootstrap: str, sizes: Sizes, loops: Sequence[str]) -> dict
         f"mean value) of {filled.sessions:,} sessions in {filled.seconds:.0f}s",
         file=sys.stderr,
     )
+    variants = [(loop, intervals[0]) for loop in loops]
+    variants += [(loops[0], interval) for interval in intervals[1:]]
     out: dict[str, Any] = {"prefill": asdict(filled), "loops": {}}
-    for loop in loops:
+    for loop, interval in variants:
         ceilings, workers, ratios = [], [], []
         for rep in range(sizes.reps):
             ceiling = run_on(loop, partial(_ceiling_rate, bootstrap, topic, filled.events))
-            worker = run_on(loop, partial(_worker_rate, bootstrap, topic, filled.events))
+            worker = run_on(loop, partial(_worker_rate, bootstrap, topic, filled.events, interval))
             ceilings.append(ceiling)
             workers.append(worker)
             ratios.append(worker / ceiling)
             print(
-                f"  {loop} rep {rep + 1}: ceiling {ceiling:,.0f}/s, worker {worker:,.0f}/s",
+                f"  {loop}, publish every {interval:g}s, rep {rep + 1}: "
+                f"ceiling {ceiling:,.0f}/s, worker {worker:,.0f}/s",
                 file=sys.stderr,
             )
-        out["loops"][loop] = {
+        name = loop if interval == intervals[0] else f"{loop}, publish interval {interval:g} s"
+        out["loops"][name] = {
+            "publish_interval_s": interval,
             "ceiling_events_per_s": ceilings,
             "worker_events_per_s": workers,
             "ratios": ratios,
@@ -95,14 +106,21 @@ async def _ceiling_rate(bootstrap: str, topic: str, events: int) -> float:
     return run.rate
 
 
-async def _worker_rate(bootstrap: str, topic: str, events: int) -> float:
-    run, _ = await throughput.run_worker(throughput.bench_settings(bootstrap, topic), events)
+async def _worker_rate(bootstrap: str, topic: str, events: int, interval: float) -> float:
+    settings = throughput.bench_settings(bootstrap, topic, publish_interval_s=interval)
+    run, _ = await throughput.run_worker(settings, events)
     return run.rate
 
 
-def bench_latency(bootstrap: str, sizes: Sizes) -> dict[str, Any]:
-    result = uvloop.run(latency.measure(bootstrap, sizes.rate, sizes.soak_s))
-    return {**asdict(result), "rss_slope_mib_per_min": result.rss_slope_mib_per_min}
+def bench_latency(bootstrap: str, sizes: Sizes) -> list[dict[str, Any]]:
+    """One soak per offered rate (the first is the target's; a lower one shows the latency
+    of a worker that is not CPU-bound)."""
+    results = []
+    for rate in sizes.rates:
+        result = uvloop.run(latency.measure(bootstrap, rate, sizes.soak_s))
+        results.append({**asdict(result), "rss_slope_mib_per_min": result.rss_slope_mib_per_min})
+        print(f"  latency at {rate:,.0f} ev/s: p99 {result.p99_ms:,.0f} ms", file=sys.stderr)
+    return results
 
 
 def bench_memory(sizes: Sizes) -> dict[str, Any]:
@@ -115,12 +133,13 @@ def bench_memory(sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def bench_scrape(sizes: Sizes) -> list[dict[str, Any]]:
+def bench_scrape(sizes: Sizes) -> dict[str, Any]:
+    """bench/scrape.py's own measurement, per size; its table is kept as it prints it."""
     results = []
     for size in sizes.scrape_sizes:
-        results.append(asdict(scrape.run_size(size, 10_000, generic=False)))
+        results.append(scrape.run_size(size, 10_000, generic=False))
         print(f"  scrape: {size:,} sessions measured", file=sys.stderr)
-    return results
+    return {"sizes": [asdict(r) for r in results], "table": scrape.table(results)}
 
 
 def bench_restore(bootstrap: str, sizes: Sizes) -> dict[str, float]:
@@ -158,13 +177,14 @@ def table(results: dict[str, Any]) -> str:
                 f"**{r['ratio_median']:.0%}** (per-rep ratios "
                 f"{', '.join(f'{x:.0%}' for x in r['ratios'])}) | >= 70%, >= 100k ev/s |"
             )
-    lat = results.get("latency")
-    if lat:
+    for lat in results.get("latency", []):
         rows.append(
             f"| event-to-snapshot latency at {lat['rate_offered']:,.0f} ev/s "
             f"({lat['sessions_live_end']:,} live sessions, {lat['seconds']:.0f} s) "
             f"| p50 {lat['p50_ms']:,.0f} ms, p99 **{lat['p99_ms']:,.0f} ms**, "
-            f"max {lat['max_ms']:,.0f} ms ({lat['events_measured']:,} events) "
+            f"max {lat['max_ms']:,.0f} ms ({lat['events_measured']:,} events, "
+            f"{lat['events_unpublished']:,} never published); checkpoint p50 "
+            f"{lat['checkpoint_p50_ms']:,.0f} ms, max {lat['checkpoint_max_ms']:,.0f} ms "
             f"| p99 <= {lat['publish_interval_s'] * 1000 + 250:,.0f} ms |"
         )
         peak = max((m for _, m in lat["rss_mib"]), default=0.0)
@@ -181,11 +201,15 @@ def table(results: dict[str, Any]) -> str:
             f"{mem['state_bytes_mean']:,.0f} B mean, {mem['state_bytes_max']:,.0f} B max "
             f"| <= 2 KiB/session |"
         )
-    for r in results.get("scrape", []):
+    for r in results.get("scrape", {}).get("sizes", []):
+        scrapes = r.get("scrapes") or {}
+        nan = [float("nan")]
         rows.append(
             f"| /metrics at {r['sessions']:,} sessions ({r['exported']:,} exported) "
-            f"| render {r['render_median_ms']:,.0f} ms, scrape {r['scrape_median_ms']:,.0f} ms, "
-            f"loop stall {r['stall_max_ms']:,.1f} ms (idle {r['stall_idle_ms']:.1f}) "
+            f"| render {r['render_median_ms']:,.0f} ms, scrape (median) "
+            f"{statistics.median(scrapes.get('durations_ms') or nan):,.0f} ms, loop stall (max) "
+            f"{max(scrapes.get('stalls_ms') or nan):,.1f} ms "
+            f"(idle {max(scrapes.get('idle_stalls_ms') or nan):.1f}) "
             f"| 10k: < 150 ms, stall < 200 ms |"
         )
     rs = results.get("restore")
@@ -209,10 +233,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--loops", default="uvloop,asyncio", help="event loops for throughput")
+    parser.add_argument(
+        "--intervals",
+        default="1,5",
+        help="publish intervals (s) for throughput: the first is the default; others use the "
+        "first loop only",
+    )
     parser.add_argument("--events", type=int, help="prefilled events (throughput)")
     parser.add_argument("--sessions", type=int, help="sessions in the prefill")
     parser.add_argument("--reps", type=int, help="throughput repetitions per loop")
-    parser.add_argument("--rate", type=float, help="offered events/s (latency)")
+    parser.add_argument("--rates", help="offered events/s (latency), comma-separated")
     parser.add_argument("--soak", type=float, help="seconds of offered load (latency, RSS)")
     parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
@@ -225,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.events or base.events,
         args.sessions or base.sessions,
         args.reps or base.reps,
-        args.rate or base.rate,
+        tuple(float(r) for r in args.rates.split(",")) if args.rates else base.rates,
         args.soak or base.soak_s,
         base.memory_sessions,
         base.scrape_sizes,
@@ -242,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for section in wanted:
         print(f"{section}...", file=sys.stderr)
         if section == "throughput":
-            results[section] = bench_throughput(args.bootstrap, sizes, args.loops.split(","))
+            results[section] = bench_throughput(
+                args.bootstrap,
+                sizes,
+                args.loops.split(","),
+                [float(i) for i in args.intervals.split(",")],
+            )
         elif section == "latency":
             results[section] = bench_latency(args.bootstrap, sizes)
         elif section == "memory":
@@ -259,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = RESULTS / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime())
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(table(results))
+    if "scrape" in results:
+        print(f"\nbench/scrape.py:\n{results['scrape']['table']}")
     print(f"\nwritten to {path}", file=sys.stderr)
 
 

@@ -49,6 +49,11 @@ class LatencyResult:
     max_ms: float
     publish_interval_s: float
     sessions_live_end: int
+    events_unpublished: int
+    """Ingested events after the warm-up that no snapshot included by the end."""
+    checkpoint_p50_ms: float
+    checkpoint_max_ms: float
+    """The worker's checkpoints (tick, encode, write, ack, commit): the loop waits on them."""
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, RSS MiB) samples of this process (the worker) over the run."""
 
@@ -93,6 +98,7 @@ async def measure(
         **{"message.timestamp.type": "LogAppendTime", "cleanup.policy": "compact"},
     )
     worker = Worker(settings, CollectorRegistry())
+    checkpoints = _time_checkpoints(worker)
     serving = asyncio.create_task(worker.serve())
     while not worker.runner.ready:  # joined and assigned: start the load now
         if serving.done():
@@ -125,7 +131,8 @@ async def measure(
     worker.stop()
     await serving
     sent = int(orjson.loads(out)["sent"]) if producer.returncode == 0 else 0
-    latencies = await _latencies(settings, warmup_s)
+    latencies, unpublished = await _latencies(settings, warmup_s)
+    checkpoints.sort()
     return LatencyResult(
         rate_offered=rate,
         events_sent=sent,
@@ -136,11 +143,28 @@ async def measure(
         max_ms=latencies[-1] if latencies else float("nan"),
         publish_interval_s=settings.publish_interval_s,
         sessions_live_end=sessions_live,
+        events_unpublished=unpublished,
+        checkpoint_p50_ms=percentile(checkpoints, 0.5),
+        checkpoint_max_ms=checkpoints[-1] if checkpoints else float("nan"),
         rss_mib=samples,
     )
 
 
-async def _latencies(settings: Settings, warmup_s: float) -> list[float]:
+def _time_checkpoints(worker: Worker) -> list[float]:
+    """Wrap the runner's checkpoint; the returned list fills with their durations (ms)."""
+    durations: list[float] = []
+    checkpoint = worker.runner.checkpoint
+
+    async def timed() -> None:
+        started = time.perf_counter()
+        await checkpoint()
+        durations.append((time.perf_counter() - started) * 1000)
+
+    worker.runner.checkpoint = timed  # type: ignore[method-assign]
+    return durations
+
+
+async def _latencies(settings: Settings, warmup_s: float) -> tuple[list[float], int]:
     """Per ingested event: ms from its produce to the first snapshot that counts it."""
     produced: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
     first_ms: int | None = None
@@ -158,6 +182,7 @@ async def _latencies(settings: Settings, warmup_s: float) -> list[float]:
         counts.append(orjson.loads(record.value)["sourceSegments"])
         times.append(record.timestamp)
     latencies: list[float] = []
+    unpublished = 0
     cutoff = (first_ms or 0) + warmup_s * 1000
     for key, events in produced.items():
         counts, times = published.get(key, ([], []))
@@ -168,5 +193,7 @@ async def _latencies(settings: Settings, warmup_s: float) -> list[float]:
             index = bisect_left(counts, seq_no + 1)
             if index < len(counts):
                 latencies.append(float(times[index] - produced_ms))
+            else:
+                unpublished += 1
     latencies.sort()
-    return latencies
+    return latencies, unpublished
