@@ -28,7 +28,7 @@ from worker.outbox import (
     OutRecord,
     dead_letter,
 )
-from worker.store import SessionStore
+from worker.store import SessionStore, TickResult
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ class OutputTopics:
     snapshots: str
     changelog: str
     dead_letters: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """What one checkpoint writes, and what it reports once written."""
+
+    outbox: Outbox
+    result: TickResult
+    pending: dict[str, int]
+    """First folded event's Kafka timestamp per session since the previous checkpoint."""
+    dead_letters: int
 
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
@@ -92,9 +103,25 @@ class Runner:
         """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
         self._outbox = Outbox()
         self._first_pending_ms: dict[str, int] = {}
+        self._inflight: asyncio.Task[None] | None = None
+        """The checkpoint being written and committed while the loop folds on (at most one)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then checkpoint once more. Raises on fatal errors."""
+        try:
+            await self._consume(stop)
+        except asyncio.CancelledError:
+            if self._inflight is not None:  # cancelled mid-flight: nothing more is written
+                self._inflight.cancel()
+            raise
+        async with self.lock:
+            await self.checkpoint()
+            # Leaving the group does not call the revoke listener: say it ourselves.
+            self.ready = False
+            released, self.assigned = self.assigned, []
+            log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         next_tick = time.monotonic() + self.publish_interval_s
         while not stop.is_set():
             if self.pause_hook is not None:
@@ -107,13 +134,10 @@ class Runner:
                     self._process(records)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.publish_interval_s
-                    await self.checkpoint()
-        async with self.lock:
-            await self.checkpoint()
-            # Leaving the group does not call the revoke listener: say it ourselves.
-            self.ready = False
-            released, self.assigned = self.assigned, []
-            log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
+                    # Write in the background and keep folding meanwhile: the loop waits for
+                    # a checkpoint's acks and commit only when the next one is due.
+                    await self._settle()
+                    self._inflight = asyncio.create_task(self._write(self._prepare()))
 
     def mark_progress(self) -> None:
         """The loop (or a restore) moved: what liveness watches."""
@@ -171,11 +195,24 @@ class Runner:
         self.metrics.invalid.labels(invalid.reason.value).inc()
 
     async def checkpoint(self) -> None:
-        """Publish what changed, persist state and dead letters, then commit offsets."""
+        """Publish what changed, persist state and dead letters, then commit offsets; returns
+        when all of it (and any checkpoint still in flight) is done. Raises on fatal errors."""
+        await self._settle()
+        await self._write(self._prepare())
+
+    async def _settle(self) -> None:
+        """Wait for the checkpoint in flight, if any; its fatal error is raised here."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    def _prepare(self) -> _Checkpoint:
+        """Tick the store and move everything due into a new outbox (no I/O)."""
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
         result = self.store.tick(now_ms)
         outbox, self._outbox = self._outbox, Outbox()
+        pending, self._first_pending_ms = self._first_pending_ms, {}
         dead_letters = len(outbox)
         for snapshot in result.snapshots:
             outbox.add(
@@ -194,6 +231,10 @@ class Runner:
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, None)
             )
+        return _Checkpoint(outbox, result, pending, dead_letters)
+
+    async def _write(self, checkpoint: _Checkpoint) -> None:
+        outbox, result = checkpoint.outbox, checkpoint.result
         try:
             timings = await self.sink.checkpoint(outbox)
         except CheckpointError as error:
@@ -203,6 +244,7 @@ class Runner:
             log.warning("checkpoint failed; will retry", extra={"error": str(error)})
             self.metrics.checkpoint_failures.inc()
             self._outbox = outbox.then(self._outbox)
+            self._first_pending_ms = {**self._first_pending_ms, **checkpoint.pending}
             return
         metrics = self.metrics
         metrics.publish_latency.observe(timings.publish_s)
@@ -210,10 +252,10 @@ class Runner:
             metrics.commit_latency.observe(timings.commit_s)
         metrics.snapshots.inc(len(result.snapshots))
         metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
-        metrics.dead_letters.inc(dead_letters)
+        metrics.dead_letters.inc(checkpoint.dead_letters)
         metrics.checkpoints.inc()
         metrics.sessions.set(len(self.store))
-        self._observe_end_to_end([s.session_id for s in result.snapshots])
+        self._observe_end_to_end([s.session_id for s in result.snapshots], checkpoint.pending)
         for state in result.evicted:
             log.info("session evicted", extra={"session": state.session_id})
 
@@ -222,14 +264,14 @@ class Runner:
     ) -> OutRecord:
         return OutRecord(self.topics.changelog, session_id.encode(), payload, partition=partition)
 
-    def _observe_end_to_end(self, published: list[str]) -> None:
+    def _observe_end_to_end(self, published: list[str], pending: dict[str, int]) -> None:
+        """Latency of the first event folded since the last checkpoint, for each session
+        published; sessions without a visible change published nothing and are not counted."""
         now_ms = wall_clock_ms()
-        pending = self._first_pending_ms
         for session_id in published:
-            produced_ms = pending.pop(session_id, None)
+            produced_ms = pending.get(session_id)
             if produced_ms is not None and produced_ms > 0:
                 self.metrics.end_to_end_latency.observe(max(0, now_ms - produced_ms) / 1000)
-        pending.clear()  # sessions without a visible change published nothing
 
     async def on_revoked(self, partitions: list[int]) -> None:
         """Checkpoint everything owned, then forget the revoked partitions' sessions."""
