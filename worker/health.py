@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-from operator import is_not, itemgetter
+from operator import itemgetter
 
 from worker.rules import Rules
 from worker.state import SessionState, recent_failures
 
-_first = itemgetter(0)
 _second = itemgetter(1)
-_not_none = partial(is_not, None)
 
 
 def is_active(state: SessionState) -> bool:
@@ -52,8 +49,7 @@ def _failure_issue(state: SessionState) -> str | None:
 
 
 def _slow_issue(state: SessionState, rules: Rules) -> str | None:
-    # C-level iteration (no per-entry bytecode): this runs for every session every tick.
-    ratios = list(filter(_not_none, map(_first, state.recent_transcodes.values())))
+    ratios = [r for r, _ in state.recent_transcodes.values() if r is not None]
     if not ratios:
         return None
     mean_ratio = sum(ratios) / len(ratios)
