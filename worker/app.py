@@ -13,12 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Final
 
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from worker.http import HttpServer, Probes
 from worker.kafka import (
     AtLeastOnceSink,
+    KafkaClientError,
     KafkaSource,
     StartupError,
     TransactionalSink,
@@ -107,7 +107,7 @@ class Worker:
     async def _poll_lag(self) -> None:
         while True:
             await asyncio.sleep(LAG_POLL_S)
-            with suppress(KafkaError):
+            with suppress(KafkaClientError):
                 for partition, lag in (await self.source.lag()).items():
                     self.metrics.lag.labels(str(partition)).set(lag)
 
@@ -141,7 +141,7 @@ class Worker:
                 stack.push_async_callback(self.source.stop)
             except StartupError as error:
                 raise StartupError(_with_detail(str(error), held)) from error
-            except KafkaError as error:
+            except KafkaClientError as error:
                 # Anything else at start-up (authentication, authorization, bad config)
                 # is as much an operator's problem as an unreachable broker.
                 message = f"Kafka refused to start the worker: {type(error).__name__}: {error}"

@@ -43,6 +43,10 @@ DESCRIBE_SETTLE_S: Final = 5.0
 """How long a just-created topic may take to be described with its partitions."""
 
 
+KafkaClientError = KafkaError
+"""Base of every Kafka client error, named here so no other module imports aiokafka."""
+
+
 class StartupError(RuntimeError):
     """A problem an operator must fix (unreachable broker, missing topic, bad setting)."""
 
