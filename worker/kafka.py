@@ -252,7 +252,8 @@ class KafkaSource:
             group_id=settings.group_id,
             group_instance_id=settings.group_instance_id or None,
             session_timeout_ms=round(settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=round(settings.session_timeout_s * 1000 / 4),
+            # Members notice a rebalance at their next heartbeat: keep it short (<= 3 s).
+            heartbeat_interval_ms=round(min(3.0, settings.session_timeout_s / 3) * 1000),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,

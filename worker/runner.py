@@ -103,6 +103,7 @@ class Runner:
         """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
         self._outbox = Outbox()
         self._first_pending_ms: dict[str, int] = {}
+        self._late_reported = 0
         self._inflight: asyncio.Task[None] | None = None
         """The checkpoint being written and committed while the loop folds on (at most one)."""
 
@@ -119,7 +120,8 @@ class Runner:
             # Leaving the group does not call the revoke listener: say it ourselves.
             self.ready = False
             released, self.assigned = self.assigned, []
-            log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
+            if released:
+                log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
 
     async def _consume(self, stop: asyncio.Event) -> None:
         next_tick = time.monotonic() + self.publish_interval_s
@@ -254,6 +256,9 @@ class Runner:
         metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
         metrics.dead_letters.inc(checkpoint.dead_letters)
         metrics.checkpoints.inc()
+        late = self.store.late_segments
+        metrics.late_segments.inc(late - self._late_reported)
+        self._late_reported = late
         metrics.sessions.set(len(self.store))
         self._observe_end_to_end([s.session_id for s in result.snapshots], checkpoint.pending)
         for state in result.evicted:
@@ -287,9 +292,11 @@ class Runner:
             for partition in partitions:
                 with suppress(KeyError):
                     self.metrics.lag.remove(str(partition))
-            log.info(
-                "partitions revoked", extra={"partitions": partitions, "sessions": len(dropped)}
-            )
+            if partitions:  # the first join revokes nothing: not worth a line
+                log.info(
+                    "partitions revoked",
+                    extra={"partitions": partitions, "sessions": len(dropped)},
+                )
 
     async def on_assigned(self, partitions: list[int]) -> None:
         """Rebuild the sessions of newly assigned partitions from the changelog."""

@@ -64,6 +64,8 @@ class SessionStore:
         """Ended sessions whose published snapshot is final until their next event: nothing
         in it depends on `now` any more (rate windows empty, health null or timed out), so
         a tick skips building it. Runtime only: a restored session starts unsettled."""
+        self.late_segments = 0
+        """Segments too old for the dedupe window since start (a counter, for metrics)."""
 
     def __len__(self) -> int:
         return len(self.live)
@@ -83,7 +85,9 @@ class SessionStore:
                 state = new_session(session_id, partition, event.timestamp)
             state.partition = partition
             self.live[session_id] = state
+        late_before = state.late_segments
         fold(state, event)
+        self.late_segments += state.late_segments - late_before
         self._dirty.add(session_id)
         self._settled.discard(session_id)
         return state

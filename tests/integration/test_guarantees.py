@@ -124,12 +124,12 @@ async def test_static_member_restart_does_not_rebalance_the_others(
     topics: Topics, start_worker: StartWorker
 ) -> None:
     await create_topic(topics.bootstrap, topics.input, 4)
-    static = {"WORKER_GROUP_INSTANCE_ID": "pod-a", "WORKER_SESSION_TIMEOUT_S": "30"}
+    static = {"WORKER_GROUP_INSTANCE_ID": "pod-a", "WORKER_SESSION_TIMEOUT_S": "60"}
     pod_a = start_worker(**static)
     await pod_a.wait_ready()
-    pod_b = start_worker(WORKER_GROUP_INSTANCE_ID="pod-b", WORKER_SESSION_TIMEOUT_S="30")
+    pod_b = start_worker(WORKER_GROUP_INSTANCE_ID="pod-b", WORKER_SESSION_TIMEOUT_S="60")
     await pod_b.wait_ready()
-    await asyncio.sleep(2)  # let the second join settle
+    await asyncio.sleep(4)  # let the second join settle
     rebalances = metric_value(pod_b.port, "session_worker_rebalances_total")
     assert pod_a.terminate() == 0  # a rolling restart of pod-a
     restarted = start_worker(**static)

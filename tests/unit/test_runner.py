@@ -205,3 +205,18 @@ async def test_evicted_session_is_tombstoned_in_the_changelog_after_its_ttl() ->
     ]
     assert [r.value is None for r in changelog][-1] is True
     assert decode_state(changelog[-2].value or b"", 0).evicted_at == T0 + 2_000
+
+
+async def test_segments_older_than_the_dedupe_window_are_counted_as_late() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0])
+    runner._process(
+        [record(0, 0, ingested(2000, T0)), record(0, 1, ingested(10)), record(0, 2, ingested(11))]
+    )
+    await runner.checkpoint()
+    runner._process([record(0, 3, ingested(12))])
+    await runner.checkpoint()
+    late = runner.metrics.late_segments._value.get()  # the counter's current value
+    assert late == 3
+    assert runner.store.get(SID).source_segments == 1  # type: ignore[union-attr]
