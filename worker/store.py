@@ -117,6 +117,15 @@ class SessionStore:
         wanted = set(partitions)
         return (s for s in self.live.values() if s.partition in wanted)
 
+    def _evict(self, state: SessionState, now_ms: int, result: TickResult) -> None:
+        """Out of memory and metrics; kept in the archive (and changelog) until its TTL."""
+        session_id = state.session_id
+        self._settled.discard(session_id)
+        del self.live[session_id]
+        self.evicted[session_id] = (state, now_ms)
+        result.evicted.append(state)
+        result.changed.append(state)
+
     def tick(self, now_ms: int) -> TickResult:
         """Refresh every live session at `now_ms`: publish changes, time out, evict, forget."""
         rules = self.rules
@@ -129,11 +138,7 @@ class SessionStore:
                 # Its snapshot cannot have changed (see `_settled`): only eviction is due.
                 ended_at = state.ended_at
                 if ended_at is not None and now_ms - ended_at > rules.retention_ms:
-                    settled.discard(session_id)
-                    del self.live[session_id]
-                    self.evicted[session_id] = (state, now_ms)
-                    result.evicted.append(state)
-                    result.changed.append(state)
+                    self._evict(state, now_ms, result)
                 continue
             # Also sessions that never had a segment (started, then nothing): else they would
             # stay live forever. Those show no issue (isHealthy stays null) but are evicted.
@@ -156,11 +161,7 @@ class SessionStore:
                 and session_id not in changed_ids
                 and now_ms - state.ended_at > rules.retention_ms
             ):
-                settled.discard(session_id)
-                del self.live[session_id]
-                self.evicted[session_id] = (state, now_ms)
-                result.evicted.append(state)
-                result.changed.append(state)
+                self._evict(state, now_ms, result)
                 continue
             if session_id in changed_ids:
                 result.changed.append(state)
