@@ -54,14 +54,7 @@ async def run_tool(topics: Topics, *args: str, timeout_s: float = 60) -> Done:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return Done(process.returncode, out.decode(), err.decode())
+    return await finish(process, timeout_s)
 
 
 async def start_tail(topics: Topics, *args: str) -> asyncio.subprocess.Process:
