@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -53,7 +54,8 @@ class LatencyResult:
     """Ingested events after the warm-up that no snapshot included by the end."""
     checkpoint_p50_ms: float
     checkpoint_max_ms: float
-    """The worker's checkpoints (tick, encode, write, ack, commit): the loop waits on them."""
+    """How long checkpoints held up the consume loop: tick and encoding, plus waiting for the
+    previous checkpoint's acks and commit (the writes themselves run in the background)."""
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, RSS MiB) samples of this process (the worker) over the run."""
 
@@ -151,16 +153,28 @@ async def measure(
 
 
 def _time_checkpoints(worker: Worker) -> list[float]:
-    """Wrap the runner's checkpoint; the returned list fills with their durations (ms)."""
+    """The returned list fills with how long each checkpoint held up the consume loop (ms):
+    the tick and encoding, plus any wait for the previous checkpoint's acks and commit."""
     durations: list[float] = []
-    checkpoint = worker.runner.checkpoint
+    runner = worker.runner
+    prepare, settle = runner._prepare, runner._settle
+    waited = [0.0]
 
-    async def timed() -> None:
+    async def timed_settle() -> None:
         started = time.perf_counter()
-        await checkpoint()
-        durations.append((time.perf_counter() - started) * 1000)
+        await settle()
+        waited[0] = time.perf_counter() - started
 
-    worker.runner.checkpoint = timed  # type: ignore[method-assign]
+    def timed_prepare() -> Any:
+        started = time.perf_counter()
+        try:
+            return prepare()
+        finally:
+            durations.append((time.perf_counter() - started + waited[0]) * 1000)
+            waited[0] = 0.0
+
+    runner._settle = timed_settle  # type: ignore[method-assign]
+    runner._prepare = timed_prepare  # type: ignore[method-assign]
     return durations
 
 
