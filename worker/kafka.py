@@ -361,8 +361,9 @@ def _retriable(error: KafkaError) -> bool:
     )
 
 
-KEY_HASH_CACHE_SIZE: Final = 1 << 20
-"""Keys whose murmur2 hash is remembered (aiokafka's is pure Python, ~10 us per key)."""
+KEY_HASH_CACHE_SIZE: Final = 1 << 18
+"""Keys whose murmur2 hash is remembered (aiokafka's is pure Python, ~10 us per key): more
+than the sessions one worker holds, and at most ~30 MB (cleared when full)."""
 _key_hashes: dict[bytes, int] = {}
 _NO_HEADERS: Final[list[tuple[str, bytes]]] = []
 
