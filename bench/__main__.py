@@ -112,12 +112,17 @@ async def _worker_rate(bootstrap: str, topic: str, events: int, interval: float)
     return run.rate
 
 
-def bench_latency(bootstrap: str, sizes: Sizes) -> list[dict[str, Any]]:
+def bench_latency(
+    bootstrap: str, sizes: Sizes, retention_s: float | None = None
+) -> list[dict[str, Any]]:
     """One soak per offered rate, lowest first (a heavy soak leaves the broker busy for a
     while): the target's 20k events/s, and a lower rate this machine's worker can follow."""
     results = []
     for rate in sizes.rates:
-        result = uvloop.run(latency.measure(bootstrap, rate, sizes.soak_s))
+        overrides: dict[str, object] = {}
+        if retention_s is not None:  # exercise eviction and forgetting within the soak
+            overrides = {"retention_s": retention_s, "evicted_ttl_s": 2 * retention_s}
+        result = uvloop.run(latency.measure(bootstrap, rate, sizes.soak_s, overrides=overrides))
         results.append({**asdict(result), "rss_slope_mib_per_min": result.rss_slope_mib_per_min})
         print(f"  latency at {rate:,.0f} ev/s: p99 {result.p99_ms:,.0f} ms", file=sys.stderr)
     return results
@@ -245,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rates", help="offered events/s (latency), comma-separated")
     parser.add_argument("--soak", type=float, help="seconds of offered load (latency, RSS)")
     parser.add_argument(
+        "--retention",
+        type=float,
+        help="latency soaks: evict ended sessions after this many seconds (default 300)",
+    )
+    parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
     )
     args = parser.parse_args(argv)
@@ -279,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 [float(i) for i in args.intervals.split(",")],
             )
         elif section == "latency":
-            results[section] = bench_latency(args.bootstrap, sizes)
+            results[section] = bench_latency(args.bootstrap, sizes, args.retention)
         elif section == "memory":
             results[section] = bench_memory(sizes)
         elif section == "scrape":

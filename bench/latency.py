@@ -88,10 +88,11 @@ async def measure(
     seconds: float,
     warmup_s: float = 5.0,
     partitions: int = 6,
-    **overrides: object,
+    overrides: dict[str, object] | None = None,
 ) -> LatencyResult:
+    """`overrides`: worker settings for this run (e.g. a short retention)."""
     topic = f"bench.live.{time.time_ns() // 1_000_000}"
-    settings: Settings = bench_settings(bootstrap, topic, **overrides)
+    settings: Settings = bench_settings(bootstrap, topic, **(overrides or {}))
     await create_topic(bootstrap, topic, partitions)
     await create_topic(
         bootstrap,
