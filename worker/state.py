@@ -229,19 +229,26 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
     _keep_newest(state.recent_transcodes)
 
 
+def _newest_seq_no(state: SessionState) -> int:
+    """Newest seqNo any segment event named. It only grows, whatever the arrival order: a
+    failure that leaves `failures` does so because its seqNo was transcoded, which the
+    transcoded high-water mark remembers."""
+    return max(state.source_hwm, state.transcoded_hwm, *state.failures)
+
+
 def recent_failures(state: SessionState) -> dict[int, tuple[int, str]]:
-    """Failures among the newest RECENT_SEGMENTS source seqNos (health's "last 10")."""
+    """Failures among the newest RECENT_SEGMENTS seqNos (health's "last 10")."""
     if not state.failures:
         return {}
-    anchor = max(state.source_hwm, *state.failures)
-    return {s: f for s, f in state.failures.items() if s > anchor - RECENT_SEGMENTS}
+    oldest = _newest_seq_no(state) - RECENT_SEGMENTS
+    return {s: f for s, f in state.failures.items() if s > oldest}
 
 
 def _prune_failures(state: SessionState) -> None:
     if not state.failures:
         return
-    anchor = max(state.source_hwm, *state.failures)
-    for seq_no in [s for s in state.failures if s <= anchor - RECENT_SEGMENTS]:
+    oldest = _newest_seq_no(state) - RECENT_SEGMENTS
+    for seq_no in [s for s in state.failures if s <= oldest]:
         del state.failures[seq_no]
 
 

@@ -388,3 +388,16 @@ def test_timed_out_session_that_then_ends_is_not_judged() -> None:
     state = store.live[SID]
     assert (state.timed_out, state.ended_at) == (False, now + 5)
     assert health(state, now + 10) == (None, "omitted")
+
+
+def test_a_failure_pushed_out_by_a_retried_later_seq_no_stays_out_in_any_order() -> None:
+    """Found by hypothesis: the 'last 10' window must not depend on a failure that a
+    later transcode cancels (failed 0, then failed 10 + transcoded 10, in any order)."""
+    old, retried, success = failed(0, seg_ts(0)), failed(10, seg_ts(10)), transcoded(10, seg_ts(10))
+    now = seg_ts(20)
+    results = [
+        render(fold_bodies(order), now).get("issues")
+        for order in ([old, success, retried], [old, retried, success], [retried, success, old])
+    ]
+    assert all(r == results[0] for r in results), results
+    assert not any("failed to transcode" in issue for issue in results[0] or [])
