@@ -154,8 +154,9 @@ async def measure(
 
 
 def _time_checkpoints(worker: Worker) -> list[float]:
-    """The returned list fills with how long each checkpoint held up the consume loop (ms):
-    the tick and encoding, plus any wait for the previous checkpoint's acks and commit."""
+    """The returned list fills with how long each publish or checkpoint held up the consume
+    loop (ms): the tick and encoding, plus any wait for the previous write's acks (and
+    commit)."""
     durations: list[float] = []
     runner = worker.runner
     prepare, settle = runner._prepare, runner._settle
@@ -166,10 +167,10 @@ def _time_checkpoints(worker: Worker) -> list[float]:
         await settle()
         waited[0] = time.perf_counter() - started
 
-    def timed_prepare() -> Any:
+    def timed_prepare(commits: bool) -> Any:
         started = time.perf_counter()
         try:
-            return prepare()
+            return prepare(commits)
         finally:
             durations.append((time.perf_counter() - started + waited[0]) * 1000)
             waited[0] = 0.0

@@ -49,6 +49,12 @@ def bench_settings(bootstrap: str, topic: str, **overrides: object) -> Settings:
         "http_port": 0,
         **overrides,
     }
+    interval = values.get("publish_interval_s")
+    if isinstance(interval, int | float) and "commit_interval_s" not in values:
+        # Checkpoints as often as by default, but never more often than publishes.
+        values["commit_interval_s"] = max(
+            Settings.model_fields["commit_interval_s"].default, interval
+        )
     return Settings(**values)  # type: ignore[arg-type]
 
 

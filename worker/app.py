@@ -75,6 +75,12 @@ class Worker:
                 settings.snapshot_topic, settings.changelog_topic_name, settings.dlq_topic
             ),
             settings.publish_interval_s,
+            commit_interval_s=(
+                settings.publish_interval_s
+                if settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
+                else settings.commit_interval_s
+            ),
+            catchup_backlog=settings.catchup_backlog,
         )
         self.sessions = SessionCollector(
             lambda: list(self.store.live.values()), settings.metrics_max_sessions

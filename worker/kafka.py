@@ -261,6 +261,8 @@ class KafkaSource:
             isolation_level="read_committed",
         )
         self._max_records = settings.max_poll_records
+        self._next_offsets: dict[TopicPartition, int] = {}
+        """Per partition, the offset after the last record fetched (for `backlog`)."""
 
     async def start(self, handler: RebalanceHandler) -> None:
         self._consumer.subscribe([self._topic], listener=_Listener(handler))
@@ -273,6 +275,8 @@ class KafkaSource:
         batches = await self._consumer.getmany(
             timeout_ms=max(0, round(timeout_s * 1000)), max_records=self._max_records
         )
+        for tp, batch in batches.items():
+            self._next_offsets[tp] = batch[-1].offset + 1
         if len(batches) == 1:
             return list(next(iter(batches.values())))
         return [record for batch in batches.values() for record in batch]
@@ -283,6 +287,19 @@ class KafkaSource:
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def backlog(self) -> int:
+        """Records after the last one fetched, up to the end the brokers last reported (the
+        last stable offset: only committed transactions are read). No request is made."""
+        waiting = 0
+        for tp in self._consumer.assignment():
+            fetched = self._next_offsets.get(tp)
+            end = self._consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = self._consumer.highwater(tp)
+            if fetched is not None and end is not None:
+                waiting += max(0, end - fetched)
+        return waiting
 
     async def lag(self) -> dict[int, int]:
         """Records between our position and the end, per assigned partition."""

@@ -1,10 +1,16 @@
-"""The consume loop: fetch -> decode -> fold -> (every interval) checkpoint.
+"""The consume loop: fetch -> decode -> fold -> (every publish interval) publish -> (every
+commit interval) checkpoint.
 
-A checkpoint publishes the snapshots that visibly changed, the changelog states of the
-sessions that changed and the pending dead letters, waits for all their acks, and only then
-commits the input offsets (or, in exactly-once mode, does all of it in one transaction per
-partition). Rebalance callbacks and the loop share one lock, so a revoke never interleaves
-with a half-processed batch.
+Every publish interval the snapshots that visibly changed are written. Every commit interval
+a checkpoint also writes the changelog states of the sessions that changed since the last
+one and the pending dead letters, waits for all their acks, and only then commits the input
+offsets (in exactly-once mode every publish is such a checkpoint, in one transaction per
+partition). Snapshots may run ahead of the committed state; after a crash the fold replays
+from the commit and, being idempotent, ends at the same snapshots. While the consumer is far
+behind, snapshots wait for the checkpoints: a backlog's intermediate snapshots are stale on
+arrival, and building them every second would slow the catch-up several-fold.
+Rebalance callbacks and the loop share one lock, so a revoke never interleaves with a
+half-processed batch.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from worker.outbox import (
     OutRecord,
     dead_letter,
 )
+from worker.state import SessionState
 from worker.store import SessionStore, TickResult
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 
 class Source(Protocol):
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]: ...
+    def backlog(self) -> int:
+        """Records known to wait after what was fetched, over the assigned partitions."""
+        ...
 
 
 class Sink(Protocol):
@@ -59,8 +69,11 @@ class _Checkpoint:
     outbox: Outbox
     result: TickResult
     pending: dict[str, int]
-    """First folded event's Kafka timestamp per session since the previous checkpoint."""
+    """First folded event's Kafka timestamp per session since the previous publish."""
     dead_letters: int
+    changelog_records: int
+    commits: bool
+    """A checkpoint (changelog, dead letters, offsets), not only a publish of snapshots."""
 
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
@@ -84,6 +97,8 @@ class Runner:
         topics: OutputTopics,
         publish_interval_s: float,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        commit_interval_s: float | None = None,
+        catchup_backlog: int = 0,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -92,6 +107,10 @@ class Runner:
         self._read_changelog = read_changelog
         self.topics = topics
         self.publish_interval_s = publish_interval_s
+        self.commit_interval_s = max(publish_interval_s, commit_interval_s or publish_interval_s)
+        """None or the publish interval: every publish is a checkpoint (exactly-once mode)."""
+        self.catchup_backlog = catchup_backlog
+        """Above this many waiting records, publish only with checkpoints; 0: always publish."""
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
         self.assigned: list[int] = []
@@ -102,6 +121,11 @@ class Runner:
         self.pause_hook: Callable[[], Awaitable[None]] | None = None
         """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
         self._outbox = Outbox()
+        """Dead letters and input offsets since the last checkpoint (and retried records)."""
+        self._unsaved: dict[str, SessionState] = {}
+        """Sessions changed since the last checkpoint: their changelog records are due."""
+        self._forgotten: dict[str, SessionState] = {}
+        """Sessions past their TTL since the last checkpoint: their tombstones are due."""
         self._first_pending_ms: dict[str, int] = {}
         self._late_reported = 0
         self._inflight: asyncio.Task[None] | None = None
@@ -124,22 +148,31 @@ class Runner:
                 log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        next_tick = time.monotonic() + self.publish_interval_s
+        next_publish = time.monotonic() + self.publish_interval_s
+        next_commit = time.monotonic() + self.commit_interval_s
         while not stop.is_set():
             if self.pause_hook is not None:
                 await self.pause_hook()
-            wait_s = min(max(0.0, next_tick - time.monotonic()), 0.5)
+            wait_s = min(max(0.0, next_publish - time.monotonic()), 0.5)
             records = await self.source.fetch(wait_s)
             self.mark_progress()
             async with self.lock:
                 if records:
                     self._process(records)
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + self.publish_interval_s
+                now = time.monotonic()
+                commits = now >= next_commit
+                if commits or (now >= next_publish and not self.catching_up()):
+                    next_publish = now + self.publish_interval_s
+                    if commits:
+                        next_commit = now + self.commit_interval_s
                     # Write in the background and keep folding meanwhile: the loop waits for
-                    # a checkpoint's acks and commit only when the next one is due.
+                    # a write's acks (and commit) only when the next one is due.
                     await self._settle()
-                    self._inflight = asyncio.create_task(self._write(self._prepare()))
+                    self._inflight = asyncio.create_task(self._write(self._prepare(commits)))
+
+    def catching_up(self) -> bool:
+        """Far enough behind that publishing between checkpoints would only slow us down."""
+        return 0 < self.catchup_backlog < self.source.backlog()
 
     def mark_progress(self) -> None:
         """The loop (or a restore) moved: what liveness watches."""
@@ -198,9 +231,9 @@ class Runner:
 
     async def checkpoint(self) -> None:
         """Publish what changed, persist state and dead letters, then commit offsets; returns
-        when all of it (and any checkpoint still in flight) is done. Raises on fatal errors."""
+        when all of it (and any write still in flight) is done. Raises on fatal errors."""
         await self._settle()
-        await self._write(self._prepare())
+        await self._write(self._prepare(commits=True))
 
     async def _settle(self) -> None:
         """Wait for the checkpoint in flight, if any; its fatal error is raised here."""
@@ -208,32 +241,49 @@ class Runner:
         if inflight is not None:
             await inflight
 
-    def _prepare(self) -> _Checkpoint:
-        """Tick the store and move everything due into a new outbox (no I/O)."""
+    def _prepare(self, commits: bool) -> _Checkpoint:
+        """Tick the store and move everything due into a new outbox (no I/O): the changed
+        snapshots, and for a checkpoint also the dead letters, the changelog records of the
+        sessions changed since the last checkpoint and the input offsets."""
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
         result = self.store.tick(now_ms)
-        outbox, self._outbox = self._outbox, Outbox()
+        unsaved, forgotten = self._unsaved, self._forgotten
+        for state in result.changed:
+            unsaved[state.session_id] = state
+            forgotten.pop(state.session_id, None)  # alive again after it was forgotten
+        for state in result.forgotten:
+            forgotten[state.session_id] = state
+            unsaved.pop(state.session_id, None)  # the tombstone supersedes it
         pending, self._first_pending_ms = self._first_pending_ms, {}
+        if commits:
+            outbox, self._outbox = self._outbox, Outbox()
+            self._unsaved, self._forgotten = {}, {}
+        else:
+            outbox = Outbox()
         dead_letters = len(outbox)
         for snapshot in result.snapshots:
             outbox.add(
                 snapshot.partition,
                 OutRecord(self.topics.snapshots, snapshot.session_id.encode(), snapshot.payload),
             )
-        for state in result.changed:
-            evicted = self.store.evicted.get(state.session_id)
+        if not commits:
+            return _Checkpoint(outbox, result, pending, dead_letters, 0, commits=False)
+        evicted = self.store.evicted
+        for state in unsaved.values():
+            archived = evicted.get(state.session_id)
             payload = encode_state(
-                state, evicted[1] if evicted else None, outbox.offsets.get(state.partition)
+                state, archived[1] if archived else None, outbox.offsets.get(state.partition)
             )
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, payload)
             )
-        for state in result.forgotten:
+        for state in forgotten.values():
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, None)
             )
-        return _Checkpoint(outbox, result, pending, dead_letters)
+        changelog_records = len(unsaved) + len(forgotten)
+        return _Checkpoint(outbox, result, pending, dead_letters, changelog_records, commits=True)
 
     async def _write(self, checkpoint: _Checkpoint) -> None:
         outbox, result = checkpoint.outbox, checkpoint.result
@@ -253,9 +303,10 @@ class Runner:
         if outbox.offsets:
             metrics.commit_latency.observe(timings.commit_s)
         metrics.snapshots.inc(len(result.snapshots))
-        metrics.changelog_records.inc(len(result.changed) + len(result.forgotten))
+        metrics.changelog_records.inc(checkpoint.changelog_records)
         metrics.dead_letters.inc(checkpoint.dead_letters)
-        metrics.checkpoints.inc()
+        if checkpoint.commits:
+            metrics.checkpoints.inc()
         late = self.store.late_segments
         metrics.late_segments.inc(late - self._late_reported)
         self._late_reported = late

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104  # a pod must be scrapeable from outside
     http_port: Annotated[int, Field(ge=0, le=65535)] = 9464
     publish_interval_s: Seconds = 1.0
+    commit_interval_s: Seconds = 5.0
+    """At-least-once: how often the changelog is written and input offsets committed (at
+    least the publish interval). Exactly-once commits with every publish."""
+    catchup_backlog: Annotated[int, Field(ge=0)] = 50_000
+    """While more input records than this wait, snapshots go out only with the checkpoints
+    (every commit interval) so the backlog is folded faster. 0: publish every interval."""
     rate_window_s: Seconds = 10.0
     stall_min_s: Seconds = 10.0
     retention_s: Seconds = 300.0
@@ -137,6 +143,15 @@ class Settings(BaseSettings):
             raise _security_error("ssl_* files need security_protocol SSL or SASL_SSL")
         if (self.ssl_keyfile or self.ssl_key_password) and not self.ssl_certfile:
             raise _security_error("ssl_keyfile and ssl_key_password need ssl_certfile")
+        return self
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> Settings:
+        if self.commit_interval_s < self.publish_interval_s:
+            raise ValueError(
+                f"WORKER_COMMIT_INTERVAL_S ({self.commit_interval_s}) must be at least "
+                f"WORKER_PUBLISH_INTERVAL_S ({self.publish_interval_s})"
+            )
         return self
 
     @property

@@ -63,6 +63,8 @@ class Topics:
             WORKER_HTTP_HOST="127.0.0.1",
             WORKER_LOG_FORMAT="json",
             WORKER_PUBLISH_INTERVAL_S="0.5",
+            # Three publishes per checkpoint: crashes land between them too.
+            WORKER_COMMIT_INTERVAL_S="1.5",
         )
         env.update(extra)
         return env

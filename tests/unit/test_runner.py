@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
@@ -35,10 +36,15 @@ class FakeRecord:
 @dataclass
 class FakeSource:
     batches: list[list[InputRecord]] = field(default_factory=list)
+    waiting: int = 0
+    """What `backlog` reports: records the broker holds beyond the batches."""
 
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
         await asyncio.sleep(0)
         return self.batches.pop(0) if self.batches else []
+
+    def backlog(self) -> int:
+        return self.waiting
 
 
 @dataclass
@@ -72,7 +78,10 @@ def record(partition: int, offset: int, event: dict[str, object]) -> FakeRecord:
 
 
 def make_runner(
-    sink: FakeSink, changelog: ChangelogRecords | None = None, source: FakeSource | None = None
+    sink: FakeSink,
+    changelog: ChangelogRecords | None = None,
+    source: FakeSource | None = None,
+    **options: Any,
 ) -> Runner:
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
         assert not runner.ready, "readiness must drop while restoring"
@@ -87,6 +96,7 @@ def make_runner(
         TOPICS,
         publish_interval_s=0.01,
         clock_ms=lambda: T0 + 10_000,
+        **options,
     )
     return runner
 

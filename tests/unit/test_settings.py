@@ -96,6 +96,13 @@ def test_a_bad_value_is_one_line_naming_the_setting() -> None:
     )
 
 
+def test_the_commit_interval_cannot_be_shorter_than_the_publish_interval() -> None:
+    assert "must be at least WORKER_PUBLISH_INTERVAL_S" in invalid(
+        "--publish-interval", "2", "--commit-interval", "1"
+    )
+    assert settings_from("--publish-interval", "2", "--commit-interval", "2").commit_interval_s == 2
+
+
 def test_the_stall_test_hook_is_an_env_setting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

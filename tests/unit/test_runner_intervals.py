@@ -1,0 +1,114 @@
+"""Publishing every publish interval, checkpointing every commit interval, catching up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from tests.unit.builders import SID, T0, ended, ingested, started
+from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner_pipelined import wait_for
+from worker.rules import Rules
+
+
+def topics(sink: FakeSink, index: int) -> list[str]:
+    return sorted(r.topic for rs in sink.written[index].records.values() for r in rs)
+
+
+async def test_a_publish_between_checkpoints_writes_snapshots_only_and_commits_nothing() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink, commit_interval_s=60.0)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, started()), FakeRecord(0, 1, b"k", b"{")])
+    await runner._write(runner._prepare(commits=False))
+    assert topics(sink, 0) == ["snapshots"]
+    assert sink.written[0].offsets == {}
+    assert sink.committed == {}
+    runner._process([record(0, 2, ingested(0))])
+    await runner._write(runner._prepare(commits=False))
+    await runner.checkpoint()
+    # The checkpoint saves what changed since the last one, once per session, with the dead
+    # letter held since offset 1, and commits past everything folded.
+    assert topics(sink, 2) == ["changelog", "dlq"]
+    assert sink.committed == {0: 3}
+
+
+async def test_the_changelog_record_written_at_a_checkpoint_is_the_latest_state() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink, commit_interval_s=60.0)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, ingested(0))])
+    await runner._write(runner._prepare(commits=False))
+    runner._process([record(0, 1, ingested(1))])
+    await runner._write(runner._prepare(commits=False))
+    await runner.checkpoint()
+    changelog = [r for r in sink.written[-1].records[0] if r.topic == "changelog"]
+    assert len(changelog) == 1
+    assert orjson.loads(changelog[0].value or b"")["totals"][0] == 2
+
+
+async def test_a_session_forgotten_between_checkpoints_gets_only_its_tombstone() -> None:
+    sink = FakeSink()
+    now = [T0 + 10_000]
+    rules = Rules(retention_ms=1_000, evicted_ttl_ms=1_000)
+    runner = make_runner(sink, commit_interval_s=60.0)
+    runner.store.rules = rules
+    runner.clock_ms = lambda: now[0]
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, started()), record(0, 1, ended(T0 + 1))])
+    for step in range(4):  # publish, evict after retention, forget after the TTL
+        now[0] += 1_500 * step
+        await runner._write(runner._prepare(commits=False))
+    assert SID not in runner.store.live
+    assert SID not in runner.store.evicted
+    await runner.checkpoint()
+    changelog = [r for r in sink.written[-1].records[0] if r.topic == "changelog"]
+    assert [(r.key, r.value) for r in changelog] == [(SID.encode(), None)]
+
+
+async def test_the_loop_publishes_every_interval_and_commits_every_commit_interval() -> None:
+    sink = FakeSink()
+    source = FakeSource([[record(0, 0, ingested(0))]])
+    runner = make_runner(sink, source=source, commit_interval_s=0.5)
+    await runner.on_assigned([0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await wait_for(lambda: any("snapshots" in topics(sink, i) for i in range(len(sink.written))))
+    assert sink.committed == {}, "the first publish comes well before the first commit"
+    await wait_for(lambda: sink.committed == {0: 1})
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_while_catching_up_snapshots_wait_for_the_checkpoint() -> None:
+    sink = FakeSink()
+    source = FakeSource([[record(0, 0, ingested(0))]], waiting=1_000)
+    runner = make_runner(sink, source=source, commit_interval_s=0.3, catchup_backlog=100)
+    await runner.on_assigned([0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await wait_for(lambda: bool(sink.written))
+    # No publish-only write happened before it: the first write is the checkpoint itself.
+    assert sorted(set(topics(sink, 0))) == ["changelog", "snapshots"]
+    assert sink.written[0].offsets == {0: 1}
+    source.waiting = 0  # caught up: publishing every interval resumes
+    source.batches.append([record(0, 1, ingested(1))])
+    await wait_for(lambda: any(topics(sink, i) == ["snapshots"] for i in range(len(sink.written))))
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_catching_up_needs_more_waiting_records_than_the_threshold() -> None:
+    runner = make_runner(FakeSink(), source=FakeSource(waiting=100), catchup_backlog=100)
+    assert not runner.catching_up()
+    runner.source = FakeSource(waiting=101)
+    assert runner.catching_up()
+    runner.catchup_backlog = 0  # disabled
+    assert not runner.catching_up()
+
+
+def test_the_commit_interval_is_never_shorter_than_the_publish_interval() -> None:
+    runner = make_runner(FakeSink(), commit_interval_s=0.001)
+    assert runner.commit_interval_s == runner.publish_interval_s
+    assert make_runner(FakeSink()).commit_interval_s == runner.publish_interval_s
