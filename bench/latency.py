@@ -167,10 +167,10 @@ def _time_checkpoints(worker: Worker) -> list[float]:
         await settle()
         waited[0] = time.perf_counter() - started
 
-    def timed_prepare(commits: bool) -> Any:
+    def timed_prepare(commits: bool, slot: int | None) -> Any:
         started = time.perf_counter()
         try:
-            return prepare(commits)
+            return prepare(commits, slot)
         finally:
             durations.append((time.perf_counter() - started + waited[0]) * 1000)
             waited[0] = 0.0

@@ -33,6 +33,10 @@ from worker.store import SessionStore
 
 log = logging.getLogger(__name__)
 
+PUBLISH_SLICES: Final = 10
+"""At-least-once: each publish interval's snapshot work is cut into this many slices (100 ms
+at the default interval), so no event waits for a tick of every session (docs/performance.md)."""
+
 LAG_POLL_S: Final = 5.0
 """Lag needs a broker round trip; polling it every few seconds is plenty for alerting."""
 
@@ -60,6 +64,7 @@ class Worker:
             if settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
             else AtLeastOnceSink(settings, self.source)
         )
+        exactly_once = settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
         self.runner = Runner(
             self.source,
             self.sink,
@@ -75,12 +80,12 @@ class Worker:
                 settings.snapshot_topic, settings.changelog_topic_name, settings.dlq_topic
             ),
             settings.publish_interval_s,
+            # Exactly-once: every write is a transaction that commits, so no slices either.
             commit_interval_s=(
-                settings.publish_interval_s
-                if settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
-                else settings.commit_interval_s
+                settings.publish_interval_s if exactly_once else settings.commit_interval_s
             ),
             catchup_backlog=settings.catchup_backlog,
+            publish_slices=1 if exactly_once else PUBLISH_SLICES,
         )
         self.sessions = SessionCollector(
             lambda: list(self.store.live.values()), settings.metrics_max_sessions

@@ -99,6 +99,7 @@ class Runner:
         clock_ms: Callable[[], int] = wall_clock_ms,
         commit_interval_s: float | None = None,
         catchup_backlog: int = 0,
+        publish_slices: int = 1,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -111,6 +112,13 @@ class Runner:
         """None or the publish interval: every publish is a checkpoint (exactly-once mode)."""
         self.catchup_backlog = catchup_backlog
         """Above this many waiting records, publish only with checkpoints; 0: always publish."""
+        self.publish_slices = publish_slices
+        """Each interval's publishing is cut into this many slices, each refreshing one slot
+        of the sessions: the loop stops for a fraction of the work at a time, which keeps
+        the event-to-snapshot latency near the interval (1: one tick of all sessions)."""
+        self._slices_resume_at = 0.0
+        """After a tick of all sessions, slices wait one interval (at most one publish per
+        session per interval)."""
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
         self.assigned: list[int] = []
@@ -148,12 +156,15 @@ class Runner:
                 log.info("partitions revoked", extra={"partitions": released, "reason": "shutdown"})
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        next_publish = time.monotonic() + self.publish_interval_s
+        slices = self.publish_slices
+        slice_s = self.publish_interval_s / slices
+        next_slice = time.monotonic() + slice_s
         next_commit = time.monotonic() + self.commit_interval_s
+        slot = 0
         while not stop.is_set():
             if self.pause_hook is not None:
                 await self.pause_hook()
-            wait_s = min(max(0.0, next_publish - time.monotonic()), 0.5)
+            wait_s = min(max(0.0, next_slice - time.monotonic()), 0.5)
             records = await self.source.fetch(wait_s)
             self.mark_progress()
             async with self.lock:
@@ -161,14 +172,24 @@ class Runner:
                     self._process(records)
                 now = time.monotonic()
                 commits = now >= next_commit
-                if commits or (now >= next_publish and not self.catching_up()):
-                    next_publish = now + self.publish_interval_s
-                    if commits:
-                        next_commit = now + self.commit_interval_s
-                    # Write in the background and keep folding meanwhile: the loop waits for
-                    # a write's acks (and commit) only when the next one is due.
-                    await self._settle()
-                    self._inflight = asyncio.create_task(self._write(self._prepare(commits)))
+                if not commits and now < max(next_slice, self._slices_resume_at):
+                    continue
+                if commits:
+                    next_commit = now + self.commit_interval_s
+                catching_up = self.catching_up()
+                if catching_up and not commits:
+                    next_slice = now + slice_s
+                    continue  # the next checkpoint publishes
+                tick_slot: int | None = None
+                if slices > 1 and not catching_up:
+                    tick_slot, slot = slot, (slot + 1) % slices
+                    next_slice = now + slice_s
+                # Write in the background and keep folding meanwhile: the loop waits for
+                # a write's acks (and commit) only when the next one is due.
+                await self._settle()
+                self._inflight = asyncio.create_task(self._write(self._prepare(commits, tick_slot)))
+                if tick_slot is None:
+                    next_slice, slot = self._slices_resume_at, 0
 
     def catching_up(self) -> bool:
         """Far enough behind that publishing between checkpoints would only slow us down."""
@@ -233,7 +254,7 @@ class Runner:
         """Publish what changed, persist state and dead letters, then commit offsets; returns
         when all of it (and any write still in flight) is done. Raises on fatal errors."""
         await self._settle()
-        await self._write(self._prepare(commits=True))
+        await self._write(self._prepare(commits=True, slot=None))
 
     async def _settle(self) -> None:
         """Wait for the checkpoint in flight, if any; its fatal error is raised here."""
@@ -241,13 +262,24 @@ class Runner:
         if inflight is not None:
             await inflight
 
-    def _prepare(self, commits: bool) -> _Checkpoint:
-        """Tick the store and move everything due into a new outbox (no I/O): the changed
-        snapshots, and for a checkpoint also the dead letters, the changelog records of the
-        sessions changed since the last checkpoint and the input offsets."""
+    def _prepare(self, commits: bool, slot: int | None) -> _Checkpoint:
+        """Tick the store (one slot, or all sessions for None) and move everything due into a
+        new outbox (no I/O): the changed snapshots, and for a checkpoint also the dead
+        letters, the changelog records of the sessions changed since the last checkpoint
+        (ticked or not) and the input offsets."""
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
-        result = self.store.tick(now_ms)
+        store = self.store
+        if slot is None:
+            result = store.tick(now_ms)
+            self._slices_resume_at = time.monotonic() + self.publish_interval_s
+            pending, self._first_pending_ms = self._first_pending_ms, {}
+        else:
+            result = store.tick(now_ms, slot, self.publish_slices)
+            waiting = self._first_pending_ms
+            pending = {
+                s.session_id: t for s in result.snapshots if (t := waiting.pop(s.session_id, None))
+            }
         unsaved, forgotten = self._unsaved, self._forgotten
         for state in result.changed:
             unsaved[state.session_id] = state
@@ -255,8 +287,9 @@ class Runner:
         for state in result.forgotten:
             forgotten[state.session_id] = state
             unsaved.pop(state.session_id, None)  # the tombstone supersedes it
-        pending, self._first_pending_ms = self._first_pending_ms, {}
         if commits:
+            for state in store.unticked():
+                unsaved[state.session_id] = state
             outbox, self._outbox = self._outbox, Outbox()
             self._unsaved, self._forgotten = {}, {}
         else:
@@ -269,7 +302,7 @@ class Runner:
             )
         if not commits:
             return _Checkpoint(outbox, result, pending, dead_letters, 0, commits=False)
-        evicted = self.store.evicted
+        evicted = store.evicted
         for state in unsaved.values():
             archived = evicted.get(state.session_id)
             payload = encode_state(

@@ -126,14 +126,23 @@ class SessionStore:
         result.evicted.append(state)
         result.changed.append(state)
 
-    def tick(self, now_ms: int) -> TickResult:
-        """Refresh every live session at `now_ms`: publish changes, time out, evict, forget."""
+    def tick(self, now_ms: int, slot: int = 0, slots: int = 1) -> TickResult:
+        """Refresh the live sessions of `slot` (of `slots`; one slot: all of them) at
+        `now_ms`: publish changes, time out, evict; slot 0 also forgets past the TTL.
+
+        Slots let the runner spread the work of an interval over slices of it: a session is
+        always in the same slot (by the hash of its id), so it is refreshed once per round."""
         rules = self.rules
         result = TickResult()
-        changed_ids = self._dirty
-        self._dirty = set()
+        if slots == 1:
+            changed_ids, self._dirty = self._dirty, set()
+            due = list(self.live.items())
+        else:
+            changed_ids = {sid for sid in self._dirty if hash(sid) % slots == slot}
+            self._dirty -= changed_ids
+            due = [(sid, s) for sid, s in self.live.items() if hash(sid) % slots == slot]
         settled = self._settled
-        for session_id, state in list(self.live.items()):
+        for session_id, state in due:
             if session_id in settled:
                 # Its snapshot cannot have changed (see `_settled`): only eviction is due.
                 ended_at = state.ended_at
@@ -165,11 +174,17 @@ class SessionStore:
                 continue
             if session_id in changed_ids:
                 result.changed.append(state)
+        if slot != 0:
+            return result
         for session_id, (state, evicted_at) in list(self.evicted.items()):
             if now_ms - evicted_at > rules.evicted_ttl_ms:
                 del self.evicted[session_id]
                 result.forgotten.append(state)
         return result
+
+    def unticked(self) -> list[SessionState]:
+        """Live sessions folded into since their slot was last refreshed."""
+        return [state for sid in self._dirty if (state := self.live.get(sid)) is not None]
 
     def active_count(self) -> int:
         return sum(1 for s in self.live.values() if is_active(s))

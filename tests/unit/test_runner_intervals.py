@@ -9,6 +9,7 @@ import orjson
 from tests.unit.builders import SID, T0, ended, ingested, started
 from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
 from tests.unit.test_runner_pipelined import wait_for
+from worker.outbox import Outbox
 from worker.rules import Rules
 
 
@@ -21,12 +22,12 @@ async def test_a_publish_between_checkpoints_writes_snapshots_only_and_commits_n
     runner = make_runner(sink, commit_interval_s=60.0)
     await runner.on_assigned([0])
     runner._process([record(0, 0, started()), FakeRecord(0, 1, b"k", b"{")])
-    await runner._write(runner._prepare(commits=False))
+    await runner._write(runner._prepare(commits=False, slot=None))
     assert topics(sink, 0) == ["snapshots"]
     assert sink.written[0].offsets == {}
     assert sink.committed == {}
     runner._process([record(0, 2, ingested(0))])
-    await runner._write(runner._prepare(commits=False))
+    await runner._write(runner._prepare(commits=False, slot=None))
     await runner.checkpoint()
     # The checkpoint saves what changed since the last one, once per session, with the dead
     # letter held since offset 1, and commits past everything folded.
@@ -39,9 +40,9 @@ async def test_the_changelog_record_written_at_a_checkpoint_is_the_latest_state(
     runner = make_runner(sink, commit_interval_s=60.0)
     await runner.on_assigned([0])
     runner._process([record(0, 0, ingested(0))])
-    await runner._write(runner._prepare(commits=False))
+    await runner._write(runner._prepare(commits=False, slot=None))
     runner._process([record(0, 1, ingested(1))])
-    await runner._write(runner._prepare(commits=False))
+    await runner._write(runner._prepare(commits=False, slot=None))
     await runner.checkpoint()
     changelog = [r for r in sink.written[-1].records[0] if r.topic == "changelog"]
     assert len(changelog) == 1
@@ -59,7 +60,7 @@ async def test_a_session_forgotten_between_checkpoints_gets_only_its_tombstone()
     runner._process([record(0, 0, started()), record(0, 1, ended(T0 + 1))])
     for step in range(4):  # publish, evict after retention, forget after the TTL
         now[0] += 1_500 * step
-        await runner._write(runner._prepare(commits=False))
+        await runner._write(runner._prepare(commits=False, slot=None))
     assert SID not in runner.store.live
     assert SID not in runner.store.evicted
     await runner.checkpoint()
@@ -112,3 +113,28 @@ def test_the_commit_interval_is_never_shorter_than_the_publish_interval() -> Non
     runner = make_runner(FakeSink(), commit_interval_s=0.001)
     assert runner.commit_interval_s == runner.publish_interval_s
     assert make_runner(FakeSink()).commit_interval_s == runner.publish_interval_s
+
+
+async def test_slices_spread_the_sessions_and_publish_each_at_most_once_per_interval() -> None:
+    sink = FakeSink()
+    bodies = [ingested(0, sid=f"s{n}") for n in range(24)]
+    source = FakeSource([[record(0, n, body) for n, body in enumerate(bodies)]])
+    runner = make_runner(sink, source=source, publish_slices=4, commit_interval_s=60.0)
+    runner.publish_interval_s = 0.4
+    await runner.on_assigned([0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await wait_for(lambda: len(published(sink)) == 24, timeout_s=3)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    writes = [box for box in sink.written if snapshot_keys(box)]
+    assert len(writes) >= 2, "the sessions went out in several slices"
+    assert sorted(published(sink)) == sorted(f"s{n}".encode() for n in range(24))
+
+
+def snapshot_keys(box: Outbox) -> list[bytes]:
+    return [r.key or b"" for rs in box.records.values() for r in rs if r.topic == "snapshots"]
+
+
+def published(sink: FakeSink) -> list[bytes]:
+    return [key for box in sink.written for key in snapshot_keys(box)]
