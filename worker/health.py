@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from operator import itemgetter
+from typing import Any, Final
 
 from worker.rules import Rules
 from worker.state import SessionState, recent_failures
 
+_first = itemgetter(0)
 _second = itemgetter(1)
 
 
@@ -33,7 +35,8 @@ def _stall_issue(state: SessionState, now_ms: int, rules: Rules) -> str | None:
     if reference is None:
         return None
     silent_ms = now_ms - reference
-    if silent_ms <= stall_threshold_ms(state, rules):
+    # The threshold is at least stall_min_ms: skip the median while the source is fresh.
+    if silent_ms <= rules.stall_min_ms or silent_ms <= stall_threshold_ms(state, rules):
         return None
     return f"No source segments received for {silent_ms // 1000}s"
 
@@ -48,11 +51,12 @@ def _failure_issue(state: SessionState) -> str | None:
     return f"{count} {noun} failed to transcode in the last 10: {last_error}"
 
 
-def _slow_issue(state: SessionState, rules: Rules) -> str | None:
-    ratios = [r for r, _ in state.recent_transcodes.values() if r is not None]
+def _slow_issue(ratios: tuple[float | None, ...], rules: Rules) -> str | None:
+    if None in ratios:  # segments transcoded without a transcodeTime
+        ratios = tuple(r for r in ratios if r is not None)
     if not ratios:
         return None
-    mean_ratio = sum(ratios) / len(ratios)
+    mean_ratio = sum(ratios) / len(ratios)  # type: ignore[arg-type]  # no None left
     if mean_ratio <= rules.slow_transcode_ratio:
         return None
     return f"Transcoding is slower than real time ({mean_ratio:.2f}x segment duration)"
@@ -67,32 +71,76 @@ def _lag_issue(state: SessionState, rules: Rules) -> str | None:
     return f"Transcoding is {behind} segments behind ingest"
 
 
-def _missing_renditions_issue(state: SessionState) -> str | None:
+MAX_CACHED_LADDERS: Final = 1024
+"""Profile ladders whose rendition names are remembered (a fleet uses a handful; the fold
+shares equal ladders between sessions). Bounded: cleared when full."""
+_expected_names: dict[int, tuple[list[dict[str, Any]], frozenset[str]]] = {}
+
+
+def _profile_names(profiles: list[dict[str, Any]]) -> frozenset[str]:
+    """The names of a (never mutated) profile ladder; keyed by identity, so the cache holds
+    the ladder itself and an id cannot be reused while its entry lives."""
+    cached = _expected_names.get(id(profiles))
+    if cached is not None and cached[0] is profiles:
+        return cached[1]
+    if len(_expected_names) >= MAX_CACHED_LADDERS:
+        _expected_names.clear()
+    names = frozenset(p["name"] for p in profiles)
+    _expected_names[id(profiles)] = (profiles, names)
+    return names
+
+
+def _missing_renditions_issue(
+    state: SessionState, recent_names: tuple[tuple[str, ...], ...]
+) -> str | None:
     configured = state.meta.get("profiles")
-    if configured is None or not configured[1] or not state.recent_transcodes:
+    if configured is None or not configured[1]:
         return None
-    expected = {p["name"] for p in configured[1]}
-    missing: set[str] = set()
-    # Distinct name tuples first: recent segments nearly always share one.
-    for names in set(map(_second, state.recent_transcodes.values())):
-        missing |= expected.difference(names)
+    expected = _profile_names(configured[1])
+    first = recent_names[0]
+    missing: frozenset[str] | set[str]
+    if recent_names.count(first) == len(recent_names):
+        # The usual case: every recent segment has the same (shared, so `is`-equal) names.
+        missing = expected.difference(first)
+    else:
+        missing = set()
+        for names in set(recent_names):
+            missing |= expected.difference(names)
     if not missing:
         return None
     return f"Missing renditions in recent segments: {', '.join(sorted(missing))}"
 
 
 def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str] | None:
-    """Issues affecting the session at `now_ms`; None while it is not active (isHealthy null)."""
-    if not is_active(state):
-        return None
+    """Issues affecting the session at `now_ms`; None while it is not active (isHealthy null).
+
+    Runs for every changed session every tick: rules that cannot fire are skipped cheaply."""
+    if state.first_segment_at is None or (state.ended_at is not None and not state.timed_out):
+        return None  # not is_active(state)
     if state.timed_out:
         idle_s = rules.idle_timeout_ms // 1000
         return [f"Session timed out after {idle_s}s without events"]
-    found = (
-        _stall_issue(state, now_ms, rules),
-        _failure_issue(state),
-        _slow_issue(state, rules),
-        _lag_issue(state, rules),
-        _missing_renditions_issue(state),
-    )
-    return [issue for issue in found if issue is not None]
+    issues: list[str] = []
+    issue = _stall_issue(state, now_ms, rules)
+    if issue is not None:
+        issues.append(issue)
+    if state.failures:
+        issue = _failure_issue(state)
+        if issue is not None:
+            issues.append(issue)
+    ratios: tuple[float | None, ...] = ()
+    recent_names: tuple[tuple[str, ...], ...] = ()
+    if state.recent_transcodes:
+        recent = state.recent_transcodes.values()
+        ratios, recent_names = tuple(map(_first, recent)), tuple(map(_second, recent))
+        issue = _slow_issue(ratios, rules)
+        if issue is not None:
+            issues.append(issue)
+    issue = _lag_issue(state, rules)
+    if issue is not None:
+        issues.append(issue)
+    if recent_names:
+        issue = _missing_renditions_issue(state, recent_names)
+        if issue is not None:
+            issues.append(issue)
+    return issues
