@@ -10,6 +10,7 @@ process or across restarts from the changelog, never changes the totals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -127,17 +128,6 @@ def new_session(session_id: str, partition: int, timestamp: int) -> SessionState
     )
 
 
-def _shift_into_window(hwm: int, mask: int, seq_no: int) -> tuple[int, int, int | None]:
-    """Advance (hwm, mask) to cover seq_no; return the bit offset of seq_no, None if too old."""
-    if seq_no > hwm:
-        shift = seq_no - hwm
-        # A jump past the whole window clears it; shifting by it would allocate `shift` bits.
-        mask = (mask << shift) & WINDOW_BITS if hwm >= 0 and shift < DEDUPE_WINDOW else 0
-        hwm = seq_no
-    offset = hwm - seq_no
-    return hwm, mask, (offset if offset < DEDUPE_WINDOW else None)
-
-
 def _keep_newest(recent: dict[int, Any], limit: int = RECENT_SEGMENTS) -> None:
     excess = len(recent) - limit
     if excess == 1:  # the usual case: one new entry pushed the oldest out
@@ -147,11 +137,10 @@ def _keep_newest(recent: dict[int, Any], limit: int = RECENT_SEGMENTS) -> None:
             del recent[seq_no]
 
 
-def _add_to_window(window: list[tuple[int, int]], timestamp: int, size: int) -> None:
-    window.append((timestamp, size))
-    if len(window) > MAX_RATE_ENTRIES:
-        window.sort()
-        del window[: len(window) - MAX_RATE_ENTRIES]
+def _trim_window(window: list[tuple[int, int]]) -> None:
+    """Keep the newest MAX_RATE_ENTRIES entries (callers append, then check the length)."""
+    window.sort()
+    del window[: len(window) - MAX_RATE_ENTRIES]
 
 
 def _is_transcoded(state: SessionState, seq_no: int) -> bool:
@@ -163,70 +152,113 @@ def _is_transcoded(state: SessionState, seq_no: int) -> bool:
 
 
 def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
-    state.last_seen = (
-        event.timestamp if state.last_seen is None else max(state.last_seen, event.timestamp)
-    )
-    state.source_hwm, state.source_mask, offset = _shift_into_window(
-        state.source_hwm, state.source_mask, event.seq_no
-    )
-    if offset is None:
-        state.late_segments += 1
+    timestamp = event.timestamp
+    if state.last_seen is None or timestamp > state.last_seen:
+        state.last_seen = timestamp
+    seq_no = event.seq_no
+    hwm = state.source_hwm
+    if seq_no > hwm:
+        shift = seq_no - hwm
+        # A jump past the whole window clears it; shifting by it would allocate `shift` bits.
+        mask = (
+            (state.source_mask << shift) & WINDOW_BITS if hwm >= 0 and shift < DEDUPE_WINDOW else 0
+        )
+        state.source_hwm = hwm = seq_no
+    else:
+        mask = state.source_mask
+        if hwm - seq_no >= DEDUPE_WINDOW:
+            state.late_segments += 1
+            return
+    bit = 1 << (hwm - seq_no)
+    if mask & bit:
+        state.source_mask = mask
         return
-    bit = 1 << offset
-    if state.source_mask & bit:
-        return
-    state.source_mask |= bit
+    state.source_mask = mask | bit
     state.source_segments += 1
     state.source_duration_us += round(event.duration * MICROS)
-    state.source_bytes += event.bytes
-    _add_to_window(state.ingest_window, event.timestamp, event.bytes)
-    state.recent_durations[event.seq_no] = event.duration
-    _keep_newest(state.recent_durations)
-    _prune_failures(state)
+    size = event.bytes
+    state.source_bytes += size
+    window = state.ingest_window
+    window.append((timestamp, size))
+    if len(window) > MAX_RATE_ENTRIES:
+        _trim_window(window)
+    recent = state.recent_durations
+    recent[seq_no] = event.duration
+    if len(recent) > RECENT_SEGMENTS:
+        _keep_newest(recent)
+    if state.failures:
+        _prune_failures(state)
+
+
+_names_by_arrival: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""Rendition names in event order -> the shared sorted tuple: saves sorting per event."""
+_NAME: Final = itemgetter("name")
+
+
+def _remember_names(arrival: tuple[str, ...]) -> tuple[str, ...]:
+    if len(_names_by_arrival) >= MAX_SHARED_VALUES:
+        _names_by_arrival.clear()
+    names: tuple[str, ...] = share_value(tuple(sorted(arrival)))
+    _names_by_arrival[arrival] = names
+    return names
 
 
 def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
+    seq_no = event.seq_no
     hwm = state.transcoded_hwm
-    if event.seq_no > hwm:
-        shift = event.seq_no - hwm
-        state.rendition_masks = (
+    masks = state.rendition_masks
+    if seq_no > hwm:
+        shift = seq_no - hwm
+        masks = state.rendition_masks = (
             {
                 name: shifted
-                for name, mask in state.rendition_masks.items()
+                for name, mask in masks.items()
                 if (shifted := (mask << shift) & WINDOW_BITS)
             }
             if shift < DEDUPE_WINDOW
             else {}  # past the whole window: nothing survives (and no huge shift)
         )
-        state.transcoded_hwm = event.seq_no
-    offset = state.transcoded_hwm - event.seq_no
-    if offset >= DEDUPE_WINDOW:
+        state.transcoded_hwm = hwm = seq_no
+    elif hwm - seq_no >= DEDUPE_WINDOW:
         state.late_segments += 1
         return
-    bit = 1 << offset
-    duration_us = round(event.duration * MICROS)
-    added_bytes = 0
+    bit = 1 << (hwm - seq_no)
+    added = added_bytes = 0
     for rendition in event.renditions:
-        mask = state.rendition_masks.get(rendition.name, 0)
-        if mask & bit:
-            continue
-        state.rendition_masks[rendition.name] = mask | bit
-        state.transcoded_segments += 1
-        state.transcoded_duration_us += duration_us
-        state.transcoded_bytes += rendition.bytes
-        added_bytes += rendition.bytes
-    if added_bytes:
-        _add_to_window(state.outgoing_window, event.timestamp, added_bytes)
-    state.failures.pop(event.seq_no, None)
-    ratio = None if event.transcode_time is None else event.transcode_time / event.duration
-    names = tuple(sorted(r.name for r in event.renditions))
-    previous = state.recent_transcodes.get(event.seq_no)
+        name = rendition["name"]
+        mask = masks.get(name, 0)
+        if not mask & bit:
+            masks[name] = mask | bit
+            added += 1
+            added_bytes += rendition["bytes"]
+    if added:
+        state.transcoded_segments += added
+        state.transcoded_duration_us += added * round(event.duration * MICROS)
+        state.transcoded_bytes += added_bytes
+        if added_bytes:
+            window = state.outgoing_window
+            window.append((event.timestamp, added_bytes))
+            if len(window) > MAX_RATE_ENTRIES:
+                _trim_window(window)
+    if state.failures:
+        state.failures.pop(seq_no, None)
+    transcode_time = event.transcode_time
+    ratio = None if transcode_time is None else transcode_time / event.duration
+    arrival = tuple(map(_NAME, event.renditions))
+    names = _names_by_arrival.get(arrival)
+    if names is None:
+        names = _remember_names(arrival)
+    recent = state.recent_transcodes
+    previous = recent.get(seq_no)
     if previous is not None:
         # A retry may deliver renditions the first attempt lacked: remember their union.
-        names = tuple(sorted(set(names) | set(previous[1])))
-        ratio = previous[0] if ratio is None else ratio
-    state.recent_transcodes[event.seq_no] = (ratio, share_value(names))
-    _keep_newest(state.recent_transcodes)
+        if previous[1] is not names:
+            names = share_value(tuple(sorted(set(names) | set(previous[1]))))
+        if ratio is None:
+            ratio = previous[0]
+    recent[seq_no] = (ratio, names)
+    if len(recent) > RECENT_SEGMENTS:
+        _keep_newest(recent)
 
 
 def _newest_seq_no(state: SessionState) -> int:
@@ -304,19 +336,24 @@ def _fold_recording(state: SessionState, event: RecordingUpdated) -> None:
 
 def fold(state: SessionState, event: Event) -> SessionState:
     """Fold one valid event into the session's state (mutated in place and returned)."""
-    state.created_at = min(state.created_at, event.timestamp)
-    state.last_activity = max(state.last_activity, event.timestamp)
-    if isinstance(event, SegmentIngested | SegmentTranscoded | SegmentFailed):
-        if state.first_segment_at is None or event.timestamp < state.first_segment_at:
-            state.first_segment_at = event.timestamp
+    timestamp = event.timestamp
+    # Comparisons, not min()/max(): a builtin call costs more on this per-event path.
+    if timestamp < state.created_at:  # noqa: PLR1730
+        state.created_at = timestamp
+    if timestamp > state.last_activity:  # noqa: PLR1730
+        state.last_activity = timestamp
+    # Most frequent first; a tuple, not an `X | Y` union: isinstance is cheaper with it.
+    if isinstance(event, (SegmentTranscoded, SegmentIngested, SegmentFailed)):
+        if state.first_segment_at is None or timestamp < state.first_segment_at:
+            state.first_segment_at = timestamp
         if state.timed_out:
             state.timed_out, state.ended_at = False, None  # it was only idle: alive again
-    if isinstance(event, SegmentIngested):
-        _fold_ingested(state, event)
-    elif isinstance(event, SegmentTranscoded):
-        _fold_transcoded(state, event)
-    elif isinstance(event, SegmentFailed):
-        _fold_failed(state, event)
+        if isinstance(event, SegmentTranscoded):
+            _fold_transcoded(state, event)
+        elif isinstance(event, SegmentIngested):
+            _fold_ingested(state, event)
+        else:
+            _fold_failed(state, event)
     elif isinstance(event, SessionStarted):
         _fold_started(state, event)
     elif isinstance(event, RecordingUpdated):

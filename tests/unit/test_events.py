@@ -75,7 +75,7 @@ def test_segment_transcoded_parses_renditions_and_transcode_time() -> None:
     event = decode(transcoded(3, T0, renditions={"720p": 10, "360p": 0}, transcode_time=0.5))
     assert isinstance(event, SegmentTranscoded)
     assert (event.seq_no, event.duration, event.transcode_time) == (3, 2.0, 0.5)
-    assert [(r.name, r.bytes) for r in event.renditions] == [("720p", 10), ("360p", 0)]
+    assert [(r["name"], r["bytes"]) for r in event.renditions] == [("720p", 10), ("360p", 0)]
 
 
 def test_transcode_time_is_optional() -> None:
@@ -294,7 +294,7 @@ INVALID_SCHEMA = [
     pytest.param({**transcoded(1), "renditions": {}}, "renditions", id="renditions object"),
     pytest.param(
         {**transcoded(1), "renditions": [{"name": "a", "bytes": 1}, {"name": "a", "bytes": 2}]},
-        "(root): Value error, rendition names must be unique",
+        "renditions: rendition names must be unique ('a' repeats)",
         id="renditions duplicate names",
     ),
     pytest.param(transcoded(1, renditions={"a": -1}), "renditions.0.bytes", id="rendition bytes<0"),
@@ -395,6 +395,34 @@ def test_rule_violations_are_schema_violations(body: Json, where: str) -> None:
     invalid = reject(body)
     assert invalid.reason is InvalidReason.SCHEMA
     assert invalid.detail.startswith(where), invalid.detail
+
+
+@pytest.mark.parametrize(
+    ("names", "repeated"),
+    [(["a", "b", "a"], "a"), (["720p", "480p", "360p", "480p"], "480p"), (["x", "x"], "x")],
+)
+def test_duplicate_rendition_names_are_schema_violations(names: list[str], repeated: str) -> None:
+    body = {**transcoded(1), "renditions": [{"name": n, "bytes": 1} for n in names]}
+    invalid = reject(body)
+    assert invalid.reason is InvalidReason.SCHEMA
+    assert invalid.detail == f"renditions: rendition names must be unique ({repeated!r} repeats)"
+
+
+def test_duplicate_rendition_names_are_checked_before_the_key_and_the_clock() -> None:
+    body = {**transcoded(1, ts=NOW + 10**9), "renditions": [{"name": "a", "bytes": 1}] * 2}
+    assert reject(body, key=b"other", now=NOW).reason is InvalidReason.SCHEMA
+
+
+def test_other_schema_problems_are_reported_before_duplicate_names() -> None:
+    body = {**transcoded(1, duration=0), "renditions": [{"name": "a", "bytes": 1}] * 2}
+    assert reject(body).detail.startswith("duration:")
+
+
+def test_distinct_rendition_names_differing_only_in_case_are_accepted() -> None:
+    body = {**transcoded(1), "renditions": [{"name": "a", "bytes": 1}, {"name": "A", "bytes": 2}]}
+    event = decode(body)
+    assert isinstance(event, SegmentTranscoded)
+    assert [r["name"] for r in event.renditions] == ["a", "A"]
 
 
 def test_schema_detail_names_at_most_three_problems() -> None:
