@@ -19,6 +19,7 @@ from tests.unit.builders import (
     fold_bodies,
     ingested,
     parse_all,
+    profile,
     recording,
     render,
     seg_ts,
@@ -27,6 +28,7 @@ from tests.unit.builders import (
     totals,
     transcoded,
 )
+from worker import state as state_module
 from worker.changelog import encode_state
 from worker.events import MAX_JSON_INT
 from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS, Rules
@@ -146,6 +148,45 @@ def test_retry_adds_only_the_missing_renditions() -> None:
     assert (state.transcoded_segments, state.transcoded_bytes) == (3, 750_000)
     assert state.transcoded_duration_us == 6_000_000
     assert state.recent_transcodes[0] == (None, ("360p", "480p", "720p"))
+
+
+def test_rendition_names_are_remembered_sorted_whatever_their_order() -> None:
+    ladder = {"720p": 1, "480p": 1, "360p": 1}
+    first = fold_bodies([transcoded(0, renditions=ladder)])
+    other = fold_bodies([transcoded(0, renditions=dict(reversed(ladder.items())), sid="s2")])
+    assert first.recent_transcodes[0] == (None, ("360p", "480p", "720p"))
+    # One tuple shared by every session with that ladder, whatever the order in the event.
+    assert other.recent_transcodes[0][1] is first.recent_transcodes[0][1]
+
+
+def test_a_repeated_transcode_keeps_its_names_and_ratio() -> None:
+    state = fold_bodies([transcoded(0, transcode_time=1.0)])
+    fold_bodies([transcoded(0, seg_ts(0) + 900)], state)  # same names, no transcodeTime
+    assert state.recent_transcodes[0] == (0.5, ("360p", "480p", "720p"))
+
+
+def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "MAX_SHARED_VALUES", 2)
+    state = fold_bodies(
+        [transcoded(n, renditions={f"r{n}": 1, f"q{n}": 1, "a": 1}) for n in range(5)]
+    )
+    assert len(state_module._names_by_arrival) <= 2
+    assert [names for _, names in state.recent_transcodes.values()] == [
+        ("a", f"q{n}", f"r{n}") for n in range(5)
+    ]
+
+
+def test_old_failures_are_pruned_as_newer_segments_arrive() -> None:
+    state = fold_bodies([failed(0), failed(8), ingested(9)])
+    assert set(state.failures) == {0, 8}  # both among the newest RECENT_SEGMENTS seqNos
+    fold_bodies([ingested(15)], state)
+    assert set(state.failures) == {8}
+
+
+def test_profile_ladders_keep_only_the_fields_present() -> None:
+    ladder = [profile("720p", fpsDen=1, gop="2.0"), profile("360p", quality=20)]
+    state = fold_bodies([started(profiles=ladder)])
+    assert state.meta["profiles"] == (T0, ladder)
 
 
 def test_totals_never_decrease() -> None:
