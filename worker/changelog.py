@@ -13,9 +13,11 @@ from typing import Any, Final
 
 import orjson
 
+from worker.rules import DEDUPE_WINDOW
 from worker.state import SessionState, share_meta, share_value
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""Written by `encode_state`; `decode_state` reads this and format 1."""
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -31,94 +33,204 @@ class ChangelogEntry:
     source_offset: int | None
 
 
+def _mask_fields(mask: int) -> tuple[int, str]:
+    """(bit length, the zero bits below it in hex): all ones, the usual mask, is (n, "0")."""
+    length = mask.bit_length()
+    return length, format(mask ^ ((1 << length) - 1), "x")
+
+
+def _mask_from(length: int, holes_hex: str) -> int:
+    if not 0 <= length <= DEDUPE_WINDOW:  # also bounds the allocation a corrupt record asks
+        raise ChangelogFormatError(f"corrupt changelog record: mask of {length!r} bits")
+    holes = int(holes_hex, 16)
+    if holes >> length:
+        raise ChangelogFormatError("corrupt changelog record: mask holes beyond its length")
+    return ((1 << length) - 1) ^ holes
+
+
 def encode_state(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
+    """Format 2. Runs for every changed session every checkpoint: state containers are
+    handed to orjson as they are where it writes them right (tuples as arrays), Python
+    builds only what format 1 repeated per entry (names) or wrote long (masks, keys)."""
     transcodes = state.recent_transcodes
-    body: dict[str, Any] = {
-        "v": FORMAT_VERSION,
-        "id": state.session_id,
-        "offset": source_offset,
-        "evictedAt": evicted_at,
-        "createdAt": state.created_at,
-        "lastActivity": state.last_activity,
-        "lastSeen": state.last_seen,
-        "firstSegmentAt": state.first_segment_at,
-        "totals": [
-            state.source_segments,
-            state.source_duration_us,
-            state.source_bytes,
-            state.transcoded_segments,
-            state.transcoded_duration_us,
-            state.transcoded_bytes,
-            state.late_segments,
-        ],
-        "source": [state.source_hwm, format(state.source_mask, "x")],
-        "transcoded": [
-            state.transcoded_hwm,
-            {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
-        ],
-        "ingestWindow": state.ingest_window,
-        "outgoingWindow": state.outgoing_window,
-        "recentDurations": list(state.recent_durations.items()),
-        # [seqNo, ratio, names] rows built in C (orjson writes tuples as arrays).
-        "recentTranscodes": list(
-            zip(
-                transcodes,
-                map(_first, transcodes.values()),
-                map(_second, transcodes.values()),
-                strict=True,
-            )
-        ),
-        "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
-        "meta": state.meta,
-        "recording": state.recording,
-        "endedAt": state.ended_at,
-        "timedOut": state.timed_out,
+    names = tuple(map(_second, transcodes.values()))
+    name_table = list(dict.fromkeys(names))
+    renditions: list[Any] = []
+    for name, mask in state.rendition_masks.items():
+        renditions.append(name)
+        renditions.extend(_mask_fields(mask))
+    body = [
+        state.session_id,
+        source_offset,
+        evicted_at,
+        state.created_at,
+        state.last_activity,
+        state.last_seen,
+        state.first_segment_at,
+        state.ended_at,
+        state.timed_out,
+        state.source_segments,
+        state.source_duration_us,
+        state.source_bytes,
+        state.transcoded_segments,
+        state.transcoded_duration_us,
+        state.transcoded_bytes,
+        state.late_segments,
+        state.source_hwm,
+        *_mask_fields(state.source_mask),
+        state.transcoded_hwm,
+        renditions,
+        state.ingest_window,  # (ts, size) tuples: orjson writes them as arrays, in C
+        state.outgoing_window,
+        list(state.recent_durations.items()),
+        list(transcodes),
+        list(map(_first, transcodes.values())),
+        name_table,
+        # Index into name_table per entry; null when every entry has the one name tuple.
+        None if len(name_table) <= 1 else [name_table.index(n) for n in names],
+        [x for seq_no, (ts, error) in state.failures.items() for x in (seq_no, ts, error)],
+        state.meta,
+        state.recording,
+    ]
+    return orjson.dumps({"v": FORMAT_VERSION, "s": body})
+
+
+def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
+    if not isinstance(body, list):
+        raise ChangelogFormatError(f"corrupt changelog record: not an array: {body!r:.80}")
+    (
+        session_id,
+        source_offset,
+        evicted_at,
+        created_at,
+        last_activity,
+        last_seen,
+        first_segment_at,
+        ended_at,
+        timed_out,
+        source_segments,
+        source_duration_us,
+        source_bytes,
+        transcoded_segments,
+        transcoded_duration_us,
+        transcoded_bytes,
+        late_segments,
+        source_hwm,
+        source_length,
+        source_holes,
+        transcoded_hwm,
+        renditions,
+        ingest,
+        outgoing,
+        durations,
+        transcode_seqs,
+        ratios,
+        name_table,
+        name_index,
+        failures,
+        meta,
+        recording,
+    ) = body
+    # zip(it, it[, it], strict=True) over one iterator: pairs or triples; ragged raises.
+    it = iter(renditions)
+    masks = {
+        name: _mask_from(length, holes) for name, length, holes in zip(it, it, it, strict=True)
     }
-    return orjson.dumps(body)
+    table = [share_value(tuple(names)) for names in name_table]
+    if name_index is None:
+        if transcode_seqs and len(table) != 1:
+            raise ChangelogFormatError("corrupt changelog record: no rendition names")
+        recent_names: Any = [table[0]] * len(transcode_seqs) if transcode_seqs else []
+    else:
+        recent_names = [table[i] for i in name_index]
+    it = iter(failures)
+    state = SessionState(
+        session_id=session_id,
+        partition=partition,
+        created_at=created_at,
+        last_activity=last_activity,
+        last_seen=last_seen,
+        first_segment_at=first_segment_at,
+        source_segments=source_segments,
+        source_duration_us=source_duration_us,
+        source_bytes=source_bytes,
+        transcoded_segments=transcoded_segments,
+        transcoded_duration_us=transcoded_duration_us,
+        transcoded_bytes=transcoded_bytes,
+        late_segments=late_segments,
+        source_hwm=source_hwm,
+        source_mask=_mask_from(source_length, source_holes),
+        transcoded_hwm=transcoded_hwm,
+        rendition_masks=masks,
+        ingest_window=[(ts, size) for ts, size in ingest],
+        outgoing_window=[(ts, size) for ts, size in outgoing],
+        recent_durations=dict(durations),
+        recent_transcodes=dict(
+            zip(transcode_seqs, zip(ratios, recent_names, strict=True), strict=True)
+        ),
+        failures={s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)},
+        meta={k: (v[0], share_meta(k, v[1])) for k, v in meta.items()},
+        recording=None if recording is None else tuple(recording),
+        ended_at=ended_at,
+        timed_out=timed_out,
+    )
+    return ChangelogEntry(state, evicted_at, source_offset)
+
+
+def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
+    totals = body["totals"]
+    state = SessionState(
+        session_id=body["id"],
+        partition=partition,
+        created_at=body["createdAt"],
+        last_activity=body["lastActivity"],
+        last_seen=body["lastSeen"],
+        first_segment_at=body["firstSegmentAt"],
+        source_segments=totals[0],
+        source_duration_us=totals[1],
+        source_bytes=totals[2],
+        transcoded_segments=totals[3],
+        transcoded_duration_us=totals[4],
+        transcoded_bytes=totals[5],
+        late_segments=totals[6],
+        source_hwm=body["source"][0],
+        source_mask=int(body["source"][1], 16),
+        transcoded_hwm=body["transcoded"][0],
+        rendition_masks={n: int(m, 16) for n, m in body["transcoded"][1].items()},
+        ingest_window=[(ts, size) for ts, size in body["ingestWindow"]],
+        outgoing_window=[(ts, size) for ts, size in body["outgoingWindow"]],
+        recent_durations=dict(body["recentDurations"]),
+        recent_transcodes={s: (r, share_value(tuple(n))) for s, r, n in body["recentTranscodes"]},
+        failures={s: (ts, err) for s, ts, err in body["failures"]},
+        meta={k: (v[0], share_meta(k, v[1])) for k, v in body["meta"].items()},
+        recording=None if body["recording"] is None else tuple(body["recording"]),
+        ended_at=body["endedAt"],
+        timed_out=body["timedOut"],
+    )
+    return ChangelogEntry(state, body["evictedAt"], body["offset"])
 
 
 def decode_state(payload: bytes, partition: int) -> ChangelogEntry:
-    """Raises ChangelogFormatError for a record of another format or a corrupt one."""
+    """Reads formats 1 and 2. Raises ChangelogFormatError for a record of another format or
+    a corrupt one."""
     try:
         body = orjson.loads(payload)
         if not isinstance(body, dict):
             raise ChangelogFormatError(f"corrupt changelog record: not an object: {body!r:.80}")
-        if body.get("v") != FORMAT_VERSION:
-            raise ChangelogFormatError(f"unsupported changelog format {body.get('v')!r}")
-        totals = body["totals"]
-        state = SessionState(
-            session_id=body["id"],
-            partition=partition,
-            created_at=body["createdAt"],
-            last_activity=body["lastActivity"],
-            last_seen=body["lastSeen"],
-            first_segment_at=body["firstSegmentAt"],
-            source_segments=totals[0],
-            source_duration_us=totals[1],
-            source_bytes=totals[2],
-            transcoded_segments=totals[3],
-            transcoded_duration_us=totals[4],
-            transcoded_bytes=totals[5],
-            late_segments=totals[6],
-            source_hwm=body["source"][0],
-            source_mask=int(body["source"][1], 16),
-            transcoded_hwm=body["transcoded"][0],
-            rendition_masks={n: int(m, 16) for n, m in body["transcoded"][1].items()},
-            ingest_window=[(ts, size) for ts, size in body["ingestWindow"]],
-            outgoing_window=[(ts, size) for ts, size in body["outgoingWindow"]],
-            recent_durations=dict(body["recentDurations"]),
-            recent_transcodes={
-                s: (r, share_value(tuple(n))) for s, r, n in body["recentTranscodes"]
-            },
-            failures={s: (ts, err) for s, ts, err in body["failures"]},
-            meta={k: (v[0], share_meta(k, v[1])) for k, v in body["meta"].items()},
-            recording=None if body["recording"] is None else tuple(body["recording"]),
-            ended_at=body["endedAt"],
-            timed_out=body["timedOut"],
-        )
-        evicted_at, source_offset = body["evictedAt"], body["offset"]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
+        version = body.get("v")
+        if version == FORMAT_VERSION:
+            return _decode_v2(body["s"], partition)
+        if version == 1:
+            return _decode_v1(body, partition)
+        raise ChangelogFormatError(f"unsupported changelog format {version!r}")
+    except (
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+    ) as error:
         if isinstance(error, ChangelogFormatError):
             raise
         raise ChangelogFormatError(f"corrupt changelog record: {error}") from error
-    return ChangelogEntry(state, evicted_at, source_offset)

@@ -1,9 +1,13 @@
-"""Changelog codec: exact round trips, format errors, idempotence across a restart."""
+"""Changelog codec: exact round trips (formats 1 and 2), format errors, idempotence across a
+restart."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -27,6 +31,7 @@ from tests.unit.builders import (
     totals,
     transcoded,
 )
+from tests.unit.test_session_reference import varied_states
 from worker.changelog import (
     FORMAT_VERSION,
     ChangelogEntry,
@@ -36,6 +41,49 @@ from worker.changelog import (
 )
 from worker.state import SessionState, new_session
 from worker.store import SessionStore
+
+
+def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
+    """Format 1 as the first version wrote it (frozen): still read for rolling upgrades."""
+    return orjson.dumps(
+        {
+            "v": 1,
+            "id": state.session_id,
+            "offset": source_offset,
+            "evictedAt": evicted_at,
+            "createdAt": state.created_at,
+            "lastActivity": state.last_activity,
+            "lastSeen": state.last_seen,
+            "firstSegmentAt": state.first_segment_at,
+            "totals": [
+                state.source_segments,
+                state.source_duration_us,
+                state.source_bytes,
+                state.transcoded_segments,
+                state.transcoded_duration_us,
+                state.transcoded_bytes,
+                state.late_segments,
+            ],
+            "source": [state.source_hwm, format(state.source_mask, "x")],
+            "transcoded": [
+                state.transcoded_hwm,
+                {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
+            ],
+            "ingestWindow": state.ingest_window,
+            "outgoingWindow": state.outgoing_window,
+            "recentDurations": list(state.recent_durations.items()),
+            "recentTranscodes": [[s, r, n] for s, (r, n) in state.recent_transcodes.items()],
+            "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
+            "meta": state.meta,
+            "recording": state.recording,
+            "endedAt": state.ended_at,
+            "timedOut": state.timed_out,
+        }
+    )
+
+
+Encoder = Callable[[SessionState, int | None, int | None], bytes]
+ENCODERS = [pytest.param(encode_state, id="v2"), pytest.param(encode_v1, id="v1")]
 
 
 def rich_bodies() -> list[Json]:
@@ -71,11 +119,14 @@ def rich_state() -> SessionState:
     return state
 
 
-def round_trip(state: SessionState, evicted_at: int | None = None) -> ChangelogEntry:
-    return decode_state(encode_state(state, evicted_at, 41), state.partition)
+def round_trip(
+    state: SessionState, evicted_at: int | None = None, encode: Encoder = encode_state
+) -> ChangelogEntry:
+    return decode_state(encode(state, evicted_at, 41), state.partition)
 
 
-def test_round_trip_equals_the_original_state() -> None:
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_round_trip_equals_the_original_state(encode: Encoder) -> None:
     state = rich_state()
     # Guard: the fixture really exercises every part of the state.
     assert state.failures
@@ -84,22 +135,69 @@ def test_round_trip_equals_the_original_state() -> None:
     assert state.ingest_window
     assert len(state.rendition_masks) == 3
     assert any(r is not None for r, _ in state.recent_transcodes.values())
-    entry = round_trip(state)
+    entry = round_trip(state, encode=encode)
     assert entry.state == state
     assert (entry.evicted_at, entry.source_offset) == (None, 41)
 
 
-def test_round_trip_of_an_ended_timed_out_evicted_state() -> None:
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_round_trip_of_an_ended_timed_out_evicted_state(encode: Encoder) -> None:
     state = rich_state()
     state.ended_at, state.timed_out = T0 + 99, True
-    entry = round_trip(state, evicted_at=T0 + 1_000)
+    entry = round_trip(state, evicted_at=T0 + 1_000, encode=encode)
     assert entry.state == state
     assert entry.evicted_at == T0 + 1_000
 
 
-def test_round_trip_of_a_new_session() -> None:
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_round_trip_of_a_new_session(encode: Encoder) -> None:
     state = new_session(SID, 0, T0)
-    assert round_trip(state).state == state
+    assert round_trip(state, encode=encode).state == state
+
+
+def shared_values(state: SessionState) -> list[int]:
+    """Identities of the values the fold shares between sessions."""
+    names = [id(names) for _, names in state.recent_transcodes.values()]
+    ladders = [id(state.meta[k][1]) for k in ("profiles", "recording_spec") if k in state.meta]
+    return names + ladders
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_varied_states_round_trip_with_their_shared_values(encode: Encoder) -> None:
+    states = varied_states(300, seed=11)
+    assert any(len(set(map(id, shared_values(s)))) > 2 for s in states)  # mixed name tuples
+    for index, state in enumerate(states):
+        evicted_at = None if index % 3 else T0 + index
+        entry = decode_state(encode(state, evicted_at, index), state.partition)
+        assert entry.state == state
+        assert (entry.evicted_at, entry.source_offset) == (evicted_at, index)
+        # Decoding shares the same tuples and ladders as the fold, not equal copies.
+        assert shared_values(entry.state) == shared_values(state)
+
+
+def full_masks_state() -> SessionState:
+    """A long stream: masks of the whole dedupe window, all ones but a few holes."""
+    state = rich_state()
+    state.source_hwm, state.transcoded_hwm = 5_000, 4_999
+    state.source_mask = (1 << 1024) - 1
+    state.rendition_masks = {
+        "720p": (1 << 1024) - 1 - (1 << 3) - (1 << 1_000),
+        "480p": (1 << 1024) - 1,
+        "360p": 1 << 1_023,
+        "240p": 1,
+    }
+    return state
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_round_trip_of_full_masks(encode: Encoder) -> None:
+    state = full_masks_state()
+    assert round_trip(state, encode=encode).state == state
+
+
+def test_format_2_is_smaller_than_format_1() -> None:
+    for state in [rich_state(), full_masks_state(), *varied_states(50)]:
+        assert len(encode_state(state, None, 1)) < len(encode_v1(state, None, 1))
 
 
 def test_round_trip_uses_the_given_partition() -> None:
@@ -130,26 +228,28 @@ def test_round_trip_renders_the_same_session() -> None:
 
 def test_record_is_versioned_json() -> None:
     body = orjson.loads(encode_state(rich_state(), None, 7))
-    assert body["v"] == FORMAT_VERSION == 1
-    assert (body["id"], body["offset"], body["evictedAt"]) == (SID, 7, None)
+    assert body["v"] == FORMAT_VERSION == 2
+    assert body["s"][:3] == [SID, 7, None]
 
 
 # ------------------------------------------------------------------------ format errors
 
 
 def valid_body() -> Json:
-    body: Json = orjson.loads(encode_state(rich_state(), None, 1))
+    """A format 1 body (the malformed-field cases below name its keys)."""
+    body: Json = orjson.loads(encode_v1(rich_state(), None, 1))
     return body
 
 
-def test_unknown_version_is_refused() -> None:
-    payload = orjson.dumps({**valid_body(), "v": 2})
-    with pytest.raises(ChangelogFormatError, match=r"^unsupported changelog format 2$"):
+@pytest.mark.parametrize("version", [0, 3, "2", None])
+def test_unknown_version_is_refused(version: object) -> None:
+    payload = orjson.dumps({**valid_body(), "v": version})
+    with pytest.raises(ChangelogFormatError, match=rf"^unsupported changelog format {version!r}$"):
         decode_state(payload, 0)
 
 
 def test_missing_version_is_refused() -> None:
-    body = valid_body()
+    body = orjson.loads(encode_state(rich_state(), None, 1))
     del body["v"]
     with pytest.raises(ChangelogFormatError, match="unsupported changelog format None"):
         decode_state(orjson.dumps(body), 0)
@@ -166,9 +266,29 @@ def test_missing_version_is_refused() -> None:
         b"42",
         b'"v"',
         b'{"v":1}',
+        b'{"v":2}',
+        b'{"v":2,"s":null}',
+        b'{"v":2,"s":[]}',
+        b'{"v":2,"s":"' + b"x" * 31 + b'"}',
         encode_state(new_session(SID, 0, T0), None, None)[:-5],
+        encode_v1(new_session(SID, 0, T0), None, None)[:-5],
     ],
-    ids=["empty", "text", "binary", "array", "null", "number", "string", "only v", "truncated"],
+    ids=[
+        "empty",
+        "text",
+        "binary",
+        "array",
+        "null",
+        "number",
+        "string",
+        "only v1",
+        "only v2",
+        "null v2",
+        "empty v2",
+        "string v2",
+        "truncated",
+        "truncated v1",
+    ],
 )
 def test_corrupt_bytes_raise_format_errors(payload: bytes) -> None:
     with pytest.raises(ChangelogFormatError, match="corrupt changelog record"):
@@ -225,6 +345,75 @@ def test_malformed_fields_raise_format_errors(field: str, value: object) -> None
         decode_state(orjson.dumps({**valid_body(), field: value}), 0)
 
 
+V2_FIELDS = {"renditions": 20, "ingest": 21, "durations": 23, "names": 25, "index": 26}
+
+
+@pytest.mark.parametrize(
+    ("position", "value"),
+    [
+        (17, 1025),  # source mask longer than the dedupe window: refused, not allocated
+        (17, 10**12),
+        (17, -1),
+        (18, "zz"),
+        (18, "1" + "0" * 300),  # a hole above the mask's length
+        (V2_FIELDS["renditions"], ["720p", 3]),
+        (V2_FIELDS["renditions"], ["720p", 3, 7]),
+        (V2_FIELDS["ingest"], [1, 2, 3]),
+        (V2_FIELDS["ingest"], ["1", 2]),
+        (V2_FIELDS["durations"], [[1], 2.0]),
+        (V2_FIELDS["names"], []),
+        (V2_FIELDS["names"], [5]),
+        (V2_FIELDS["index"], [9] * 10),
+        (V2_FIELDS["index"], [0]),
+        (27, [13, 1]),
+        (28, [1, 2]),
+        (29, 5),
+    ],
+)
+def test_malformed_v2_fields_raise_format_errors(position: int, value: object) -> None:
+    body = orjson.loads(encode_state(rich_state(), None, 1))
+    body["s"][position] = value
+    with pytest.raises(ChangelogFormatError, match="corrupt changelog record"):
+        decode_state(orjson.dumps(body), 0)
+
+
+def test_v2_record_of_another_length_is_refused() -> None:
+    body = orjson.loads(encode_state(rich_state(), None, 1))
+    for items in (body["s"][:-1], [*body["s"], None]):
+        with pytest.raises(ChangelogFormatError, match="corrupt changelog record"):
+            decode_state(orjson.dumps({"v": 2, "s": items}), 0)
+
+
+JUNK: list[Any] = [None, True, -1, 0, 2**63 - 1, 1e300, 1.5, "", "x", [], [1, "a"], {}, {"a": [1]}]
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_damaged_records_decode_or_raise_format_errors(encode: Encoder) -> None:
+    """Never another exception: flipped bytes, truncations, junk in any field."""
+    rng = random.Random(5)
+    payloads = []
+    for state in [rich_state(), full_masks_state(), *varied_states(20, seed=3)]:
+        payload = encode(state, None, 1)
+        for _ in range(40):
+            damaged = bytearray(payload)
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            payloads.append(bytes(damaged))
+            payloads.append(payload[: rng.randrange(len(payload))])
+        body = orjson.loads(payload)
+        fields: list[Any] = list(body["s"]) if "s" in body else list(body)
+        for position in range(len(fields)):
+            for junk in JUNK:
+                if "s" in body:
+                    items = list(body["s"])
+                    items[position] = junk
+                    payloads.append(orjson.dumps({"v": 2, "s": items}))
+                else:
+                    payloads.append(orjson.dumps({**body, fields[position]: junk}))
+    for payload in payloads:
+        with contextlib.suppress(ChangelogFormatError):
+            decode_state(payload, 0)
+
+
 # ------------------------------------------------------------ idempotence across restarts
 
 
@@ -260,6 +449,13 @@ def test_restore_twice_is_the_same_as_once() -> None:
     state = rich_state()
     assert restart(restart(state)) == state
     assert encode_state(restart(state), None, 41) == encode_state(state, None, 41)
+
+
+def test_a_v1_record_restores_to_the_v2_record_of_the_same_state() -> None:
+    """Rolling upgrade: what an older worker wrote is rewritten in format 2 unchanged."""
+    state = rich_state()
+    restored = decode_state(encode_v1(state, None, 41), state.partition).state
+    assert encode_state(restored, None, 41) == encode_state(state, None, 41)
 
 
 def test_store_restore_then_redelivery_publishes_the_same_snapshot() -> None:
