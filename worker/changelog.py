@@ -95,6 +95,56 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
     return orjson.dumps({"v": FORMAT_VERSION, "s": body})
 
 
+def encode_state_v1(
+    state: SessionState, evicted_at: int | None, source_offset: int | None
+) -> bytes:
+    """Format 1, which workers before format 2 read (they skip a format 2 record and lose
+    that session's state). For a two-phase rolling upgrade: write this until every worker
+    runs a version that reads format 2, then switch to `encode_state`."""
+    transcodes = state.recent_transcodes
+    body: dict[str, Any] = {
+        "v": 1,
+        "id": state.session_id,
+        "offset": source_offset,
+        "evictedAt": evicted_at,
+        "createdAt": state.created_at,
+        "lastActivity": state.last_activity,
+        "lastSeen": state.last_seen,
+        "firstSegmentAt": state.first_segment_at,
+        "totals": [
+            state.source_segments,
+            state.source_duration_us,
+            state.source_bytes,
+            state.transcoded_segments,
+            state.transcoded_duration_us,
+            state.transcoded_bytes,
+            state.late_segments,
+        ],
+        "source": [state.source_hwm, format(state.source_mask, "x")],
+        "transcoded": [
+            state.transcoded_hwm,
+            {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
+        ],
+        "ingestWindow": state.ingest_window,
+        "outgoingWindow": state.outgoing_window,
+        "recentDurations": list(state.recent_durations.items()),
+        "recentTranscodes": list(
+            zip(
+                transcodes,
+                map(_first, transcodes.values()),
+                map(_second, transcodes.values()),
+                strict=True,
+            )
+        ),
+        "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
+        "meta": state.meta,
+        "recording": state.recording,
+        "endedAt": state.ended_at,
+        "timedOut": state.timed_out,
+    }
+    return orjson.dumps(body)
+
+
 def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
     if not isinstance(body, list):
         raise ChangelogFormatError(f"corrupt changelog record: not an array: {body!r:.80}")

@@ -38,6 +38,7 @@ from worker.changelog import (
     ChangelogFormatError,
     decode_state,
     encode_state,
+    encode_state_v1,
 )
 from worker.state import SessionState, new_session
 from worker.store import SessionStore
@@ -449,6 +450,11 @@ def test_restore_twice_is_the_same_as_once() -> None:
     state = rich_state()
     assert restart(restart(state)) == state
     assert encode_state(restart(state), None, 41) == encode_state(state, None, 41)
+
+
+def test_the_v1_writer_writes_what_older_workers_read() -> None:
+    for state in [rich_state(), full_masks_state(), *varied_states(50)]:
+        assert encode_state_v1(state, 5, 41) == encode_v1(state, 5, 41)
 
 
 def test_a_v1_record_restores_to_the_v2_record_of_the_same_state() -> None:
