@@ -19,6 +19,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _time_checkpoints(worker: Worker) -> list[float]:
     commit)."""
     durations: list[float] = []
     runner = worker.runner
-    prepare, settle = runner._prepare, runner._settle
+    settle = runner._settle
     waited = [0.0]
 
     async def timed_settle() -> None:
@@ -167,16 +168,20 @@ def _time_checkpoints(worker: Worker) -> list[float]:
         await settle()
         waited[0] = time.perf_counter() - started
 
-    def timed_prepare(commits: bool, slot: int | None) -> Any:
-        started = time.perf_counter()
-        try:
-            return prepare(commits, slot)
-        finally:
-            durations.append((time.perf_counter() - started + waited[0]) * 1000)
-            waited[0] = 0.0
+    def timed(prepare: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_prepare(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return prepare(*args)
+            finally:
+                durations.append((time.perf_counter() - started + waited[0]) * 1000)
+                waited[0] = 0.0
+
+        return timed_prepare
 
     runner._settle = timed_settle  # type: ignore[method-assign]
-    runner._prepare = timed_prepare  # type: ignore[method-assign]
+    runner._prepare_all = timed(runner._prepare_all)  # type: ignore[method-assign]
+    runner._prepare_slice = timed(runner._prepare_slice)  # type: ignore[method-assign]
     return durations
 
 

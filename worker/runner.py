@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from worker.outbox import (
     dead_letter,
 )
 from worker.state import SessionState
-from worker.store import SessionStore, TickResult
+from worker.store import SessionStore, TickResult, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,26 @@ class OutputTopics:
 
 @dataclass(frozen=True, slots=True)
 class _Checkpoint:
-    """What one checkpoint writes, and what it reports once written."""
+    """What one write sends, and what it reports once written."""
 
     outbox: Outbox
     result: TickResult
     pending: dict[str, int]
-    """First folded event's Kafka timestamp per session since the previous publish."""
-    dead_letters: int
-    changelog_records: int
+    """First folded event's Kafka timestamp per session published, since its last publish."""
     commits: bool
     """A checkpoint (changelog, dead letters, offsets), not only a publish of snapshots."""
+
+
+@dataclass(slots=True)
+class _Round:
+    """A checkpoint spread over one round of slices: every slice also writes the changelog
+    records of its slot's changed sessions, and the last one commits the offsets captured
+    when the round began. Each session's record is encoded after that capture, so it holds
+    everything the committed offsets cover."""
+
+    captured: Outbox
+    """Dead letters and next input offsets as of the start of the round."""
+    slices_left: int
 
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
@@ -129,9 +140,13 @@ class Runner:
         self.pause_hook: Callable[[], Awaitable[None]] | None = None
         """Test hook: awaited in the loop (lets a test simulate a stuck consume loop)."""
         self._outbox = Outbox()
-        """Dead letters and input offsets since the last checkpoint (and retried records)."""
-        self._unsaved: dict[str, SessionState] = {}
-        """Sessions changed since the last checkpoint: their changelog records are due."""
+        """Dead letters and input offsets since the last checkpoint."""
+        self._retry: Outbox | None = None
+        """A failed write's records: written first by the next write, so nothing overtakes
+        them (a stale snapshot or changelog record after a newer one would win compaction)."""
+        self._round: _Round | None = None
+        self._unsaved: list[dict[str, SessionState]] = [{} for _ in range(publish_slices)]
+        """Per slot, the sessions changed since their last changelog record."""
         self._forgotten: dict[str, SessionState] = {}
         """Sessions past their TTL since the last checkpoint: their tombstones are due."""
         self._first_pending_ms: dict[str, int] = {}
@@ -171,25 +186,32 @@ class Runner:
                 if records:
                     self._process(records)
                 now = time.monotonic()
-                commits = now >= next_commit
-                if not commits and now < max(next_slice, self._slices_resume_at):
-                    continue
-                if commits:
-                    next_commit = now + self.commit_interval_s
+                commit_due = now >= next_commit
+                slice_due = now >= max(next_slice, self._slices_resume_at)
                 catching_up = self.catching_up()
-                if catching_up and not commits:
-                    next_slice = now + slice_s
-                    continue  # the next checkpoint publishes
-                tick_slot: int | None = None
-                if slices > 1 and not catching_up:
-                    tick_slot, slot = slot, (slot + 1) % slices
-                    next_slice = now + slice_s
+                if catching_up or slices == 1:
+                    # One tick of every session: per interval, or only with the checkpoints
+                    # while catching up (a backlog's snapshots are stale on arrival).
+                    if not (commit_due or (slice_due and not catching_up)):
+                        if slice_due:  # skipped while catching up: look again a slice later
+                            next_slice = now + slice_s
+                        continue
+                    prepared = self._prepare_all(commits=commit_due)
+                    if commit_due:
+                        next_commit = now + self.commit_interval_s
+                    next_slice, slot = self._slices_resume_at, 0
+                elif not slice_due:
+                    continue
+                else:
+                    if commit_due and self._round is None:
+                        self._begin_round()
+                        next_commit = now + self.commit_interval_s
+                    prepared = self._prepare_slice(slot)
+                    slot, next_slice = (slot + 1) % slices, now + slice_s
                 # Write in the background and keep folding meanwhile: the loop waits for
                 # a write's acks (and commit) only when the next one is due.
                 await self._settle()
-                self._inflight = asyncio.create_task(self._write(self._prepare(commits, tick_slot)))
-                if tick_slot is None:
-                    next_slice, slot = self._slices_resume_at, 0
+                self._inflight = asyncio.create_task(self._write(prepared))
 
     def catching_up(self) -> bool:
         """Far enough behind that publishing between checkpoints would only slow us down."""
@@ -254,7 +276,7 @@ class Runner:
         """Publish what changed, persist state and dead letters, then commit offsets; returns
         when all of it (and any write still in flight) is done. Raises on fatal errors."""
         await self._settle()
-        await self._write(self._prepare(commits=True, slot=None))
+        await self._write(self._prepare_all(commits=True))
 
     async def _settle(self) -> None:
         """Wait for the checkpoint in flight, if any; its fatal error is raised here."""
@@ -262,82 +284,128 @@ class Runner:
         if inflight is not None:
             await inflight
 
-    def _prepare(self, commits: bool, slot: int | None) -> _Checkpoint:
-        """Tick the store (one slot, or all sessions for None) and move everything due into a
-        new outbox (no I/O): the changed snapshots, and for a checkpoint also the dead
-        letters, the changelog records of the sessions changed since the last checkpoint
-        (ticked or not) and the input offsets."""
+    def _prepare_all(self, commits: bool) -> _Checkpoint:
+        """Tick every session and move what is due into an outbox (no I/O): the changed
+        snapshots, and for a checkpoint also every pending changelog record and tombstone,
+        the dead letters and the input offsets (finishing any round in progress)."""
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
-        store = self.store
-        if slot is None:
-            result = store.tick(now_ms)
-            self._slices_resume_at = time.monotonic() + self.publish_interval_s
-            pending, self._first_pending_ms = self._first_pending_ms, {}
-        else:
-            result = store.tick(now_ms, slot, self.publish_slices)
-            waiting = self._first_pending_ms
-            pending = {
-                s.session_id: t for s in result.snapshots if (t := waiting.pop(s.session_id, None))
-            }
-        unsaved, forgotten = self._unsaved, self._forgotten
+        result = self.store.tick(now_ms)
+        self._slices_resume_at = time.monotonic() + self.publish_interval_s
+        pending, self._first_pending_ms = self._first_pending_ms, {}
+        self._remember(result)
+        outbox = self._add_snapshots(self._take_retry(), result)
+        if not commits:
+            return _Checkpoint(outbox, result, pending, commits=False)
+        if self._round is not None:
+            outbox, self._round = outbox.then(self._round.captured), None
+        outbox, self._outbox = outbox.then(self._outbox), Outbox()
+        for slot in range(self.publish_slices):
+            self._add_changelog(outbox, slot)
+        self._add_tombstones(outbox)
+        return _Checkpoint(outbox, result, pending, commits=True)
+
+    def _prepare_slice(self, slot: int) -> _Checkpoint:
+        """Tick the sessions of `slot`; their changed snapshots go out, and during a round
+        their changelog records too (and the round's checkpoint with its last slice)."""
+        now_ms = self.clock_ms()
+        self.last_tick_ms = now_ms
+        result = self.store.tick(now_ms, slot, self.publish_slices)
+        waiting = self._first_pending_ms
+        pending = {
+            s.session_id: ms
+            for s in result.snapshots
+            if (ms := waiting.pop(s.session_id, None)) is not None
+        }
+        self._remember(result)
+        outbox = self._add_snapshots(self._take_retry(), result)
+        round_ = self._round
+        if round_ is None:
+            return _Checkpoint(outbox, result, pending, commits=False)
+        self._add_changelog(outbox, slot)
+        round_.slices_left -= 1
+        if round_.slices_left > 0:
+            return _Checkpoint(outbox, result, pending, commits=False)
+        self._round = None
+        self._add_tombstones(outbox)
+        return _Checkpoint(outbox.then(round_.captured), result, pending, commits=True)
+
+    def _begin_round(self) -> None:
+        """Capture the dead letters and offsets the round's last slice will commit."""
+        self._round = _Round(self._outbox, self.publish_slices)
+        self._outbox = Outbox()
+
+    def _take_retry(self) -> Outbox:
+        retry, self._retry = self._retry, None
+        return Outbox() if retry is None else retry
+
+    def _remember(self, result: TickResult) -> None:
+        """Note whose changelog record or tombstone the next checkpoint owes."""
+        unsaved, forgotten, slots = self._unsaved, self._forgotten, self.publish_slices
         for state in result.changed:
-            unsaved[state.session_id] = state
+            unsaved[slot_of(state.session_id, slots)][state.session_id] = state
             forgotten.pop(state.session_id, None)  # alive again after it was forgotten
         for state in result.forgotten:
             forgotten[state.session_id] = state
-            unsaved.pop(state.session_id, None)  # the tombstone supersedes it
-        if commits:
-            for state in store.unticked():
-                unsaved[state.session_id] = state
-            outbox, self._outbox = self._outbox, Outbox()
-            self._unsaved, self._forgotten = {}, {}
-        else:
-            outbox = Outbox()
-        dead_letters = len(outbox)
+            unsaved[slot_of(state.session_id, slots)].pop(state.session_id, None)
+
+    def _add_snapshots(self, outbox: Outbox, result: TickResult) -> Outbox:
+        topic = self.topics.snapshots
         for snapshot in result.snapshots:
             outbox.add(
-                snapshot.partition,
-                OutRecord(self.topics.snapshots, snapshot.session_id.encode(), snapshot.payload),
+                snapshot.partition, OutRecord(topic, snapshot.session_id.encode(), snapshot.payload)
             )
-        if not commits:
-            return _Checkpoint(outbox, result, pending, dead_letters, 0, commits=False)
-        evicted = store.evicted
-        for state in unsaved.values():
+        return outbox
+
+    def _add_changelog(self, outbox: Outbox, slot: int) -> None:
+        """The latest state of each session of `slot` changed since its last record."""
+        states, self._unsaved[slot] = self._unsaved[slot], {}
+        evicted = self.store.evicted
+        offsets = self._outbox.offsets  # for diagnosis: where the input was read up to
+        if self._round is not None:
+            offsets = {**self._round.captured.offsets, **offsets}
+        for state in states.values():
             archived = evicted.get(state.session_id)
             payload = encode_state(
-                state, archived[1] if archived else None, outbox.offsets.get(state.partition)
+                state, archived[1] if archived else None, offsets.get(state.partition)
             )
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, payload)
             )
+
+    def _add_tombstones(self, outbox: Outbox) -> None:
+        forgotten, self._forgotten = self._forgotten, {}
         for state in forgotten.values():
             outbox.add(
                 state.partition, self._changelog_record(state.partition, state.session_id, None)
             )
-        changelog_records = len(unsaved) + len(forgotten)
-        return _Checkpoint(outbox, result, pending, dead_letters, changelog_records, commits=True)
 
     async def _write(self, checkpoint: _Checkpoint) -> None:
         outbox, result = checkpoint.outbox, checkpoint.result
         try:
-            timings = await self.sink.checkpoint(outbox)
+            timings = (
+                await self.sink.checkpoint(outbox)
+                if outbox.records or outbox.offsets
+                else CheckpointTimings(0.0, 0.0)  # a slice in which nothing changed
+            )
         except CheckpointError as error:
             if not error.retriable:
                 raise
-            # Nothing was committed: keep everything and write it again next time.
+            # Nothing was committed: the next write sends all of it again, first.
             log.warning("checkpoint failed; will retry", extra={"error": str(error)})
             self.metrics.checkpoint_failures.inc()
-            self._outbox = outbox.then(self._outbox)
+            self._retry = outbox  # (prepared outboxes took the previous retry in)
             self._first_pending_ms = {**self._first_pending_ms, **checkpoint.pending}
             return
         metrics = self.metrics
-        metrics.publish_latency.observe(timings.publish_s)
+        if outbox.records:
+            metrics.publish_latency.observe(timings.publish_s)
         if outbox.offsets:
             metrics.commit_latency.observe(timings.commit_s)
-        metrics.snapshots.inc(len(result.snapshots))
-        metrics.changelog_records.inc(checkpoint.changelog_records)
-        metrics.dead_letters.inc(checkpoint.dead_letters)
+        written = Counter(r.topic for rs in outbox.records.values() for r in rs)
+        metrics.snapshots.inc(written[self.topics.snapshots])
+        metrics.changelog_records.inc(written[self.topics.changelog])
+        metrics.dead_letters.inc(written[self.topics.dead_letters])
         if checkpoint.commits:
             metrics.checkpoints.inc()
         late = self.store.late_segments
@@ -368,6 +436,8 @@ class Runner:
             self.ready = False
             await self.checkpoint()
             self._outbox.drop_partitions(partitions)
+            if self._retry is not None:  # the checkpoint failed: the new owner redoes it
+                self._retry.drop_partitions(partitions)
             dropped = self.store.drop_partitions(partitions)
             await self.sink.close_partitions(partitions)
             self.assigned = [p for p in self.assigned if p not in partitions]

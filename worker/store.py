@@ -36,6 +36,11 @@ class TickResult:
     """Evicted sessions past their TTL: their changelog keys get tombstones."""
 
 
+def slot_of(session_id: str, slots: int) -> int:
+    """The slot a session is refreshed in (stable within a process; str hashes are cached)."""
+    return hash(session_id) % slots
+
+
 def exported_values(session: dict[str, Any]) -> ExportedValues:
     return ExportedValues(
         session["sourceSegments"],
@@ -138,9 +143,9 @@ class SessionStore:
             changed_ids, self._dirty = self._dirty, set()
             due = list(self.live.items())
         else:
-            changed_ids = {sid for sid in self._dirty if hash(sid) % slots == slot}
+            changed_ids = {sid for sid in self._dirty if slot_of(sid, slots) == slot}
             self._dirty -= changed_ids
-            due = [(sid, s) for sid, s in self.live.items() if hash(sid) % slots == slot]
+            due = [(sid, s) for sid, s in self.live.items() if slot_of(sid, slots) == slot]
         settled = self._settled
         for session_id, state in due:
             if session_id in settled:
@@ -181,10 +186,6 @@ class SessionStore:
                 del self.evicted[session_id]
                 result.forgotten.append(state)
         return result
-
-    def unticked(self) -> list[SessionState]:
-        """Live sessions folded into since their slot was last refreshed."""
-        return [state for sid in self._dirty if (state := self.live.get(sid)) is not None]
 
     def active_count(self) -> int:
         return sum(1 for s in self.live.values() if is_active(s))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from tests.unit.builders import SID, T0, ended, ingested, started
 from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
 from tests.unit.test_runner_pipelined import wait_for
 from worker.changelog import decode_state
-from worker.outbox import Outbox
+from worker.outbox import CheckpointError, Outbox
 from worker.rules import Rules
+from worker.store import slot_of
 
 
 def topics(sink: FakeSink, index: int) -> list[str]:
@@ -21,12 +24,12 @@ async def test_a_publish_between_checkpoints_writes_snapshots_only_and_commits_n
     runner = make_runner(sink, commit_interval_s=60.0)
     await runner.on_assigned([0])
     runner._process([record(0, 0, started()), FakeRecord(0, 1, b"k", b"{")])
-    await runner._write(runner._prepare(commits=False, slot=None))
+    await runner._write(runner._prepare_all(commits=False))
     assert topics(sink, 0) == ["snapshots"]
     assert sink.written[0].offsets == {}
     assert sink.committed == {}
     runner._process([record(0, 2, ingested(0))])
-    await runner._write(runner._prepare(commits=False, slot=None))
+    await runner._write(runner._prepare_all(commits=False))
     await runner.checkpoint()
     # The checkpoint saves what changed since the last one, once per session, with the dead
     # letter held since offset 1, and commits past everything folded.
@@ -39,9 +42,9 @@ async def test_the_changelog_record_written_at_a_checkpoint_is_the_latest_state(
     runner = make_runner(sink, commit_interval_s=60.0)
     await runner.on_assigned([0])
     runner._process([record(0, 0, ingested(0))])
-    await runner._write(runner._prepare(commits=False, slot=None))
+    await runner._write(runner._prepare_all(commits=False))
     runner._process([record(0, 1, ingested(1))])
-    await runner._write(runner._prepare(commits=False, slot=None))
+    await runner._write(runner._prepare_all(commits=False))
     await runner.checkpoint()
     changelog = [r for r in sink.written[-1].records[0] if r.topic == "changelog"]
     assert len(changelog) == 1
@@ -59,7 +62,7 @@ async def test_a_session_forgotten_between_checkpoints_gets_only_its_tombstone()
     runner._process([record(0, 0, started()), record(0, 1, ended(T0 + 1))])
     for step in range(4):  # publish, evict after retention, forget after the TTL
         now[0] += 1_500 * step
-        await runner._write(runner._prepare(commits=False, slot=None))
+        await runner._write(runner._prepare_all(commits=False))
     assert SID not in runner.store.live
     assert SID not in runner.store.evicted
     await runner.checkpoint()
@@ -137,3 +140,61 @@ def snapshot_keys(box: Outbox) -> list[bytes]:
 
 def published(sink: FakeSink) -> list[bytes]:
     return [key for box in sink.written for key in snapshot_keys(box)]
+
+
+async def test_a_round_spreads_the_changelog_over_its_slices_and_commits_what_it_captured() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink, publish_slices=4, commit_interval_s=60.0)
+    await runner.on_assigned([0])
+    runner._process([record(0, n, ingested(0, sid=f"s{n}")) for n in range(12)])
+    for slot in range(4):  # an ordinary round: snapshots only
+        await runner._write(runner._prepare_slice(slot))
+    assert all(box.offsets == {} for box in sink.written)
+    assert sorted(published(sink)) == sorted(f"s{n}".encode() for n in range(12))
+    runner._begin_round()
+    runner._process([record(0, 12, ingested(1, sid="s0"))])  # after the capture
+    written_before = len(sink.written)
+    for slot in range(4):
+        await runner._write(runner._prepare_slice(slot))
+    round_writes = sink.written[written_before:]
+    changelog_per_write = [
+        [r.key for rs in box.records.values() for r in rs if r.topic == "changelog"]
+        for box in round_writes
+    ]
+    assert sum(map(len, changelog_per_write)) == 12, "each session once, in its slot"
+    assert sum(1 for keys in changelog_per_write if keys) >= 2, "spread over several slices"
+    assert [box.offsets for box in round_writes[:-1]] == [{}, {}, {}]
+    assert round_writes[-1].offsets == {0: 12}, "the offsets captured when the round began"
+    s0 = next(
+        decode_state(r.value or b"", 0).state
+        for box in round_writes
+        for rs in box.records.values()
+        for r in rs
+        if r.topic == "changelog" and r.key == b"s0"
+    )
+    assert s0.source_segments == 2, "encoded after the capture: it may hold more, never less"
+
+
+async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
+    sink = FakeSink(fail_next=[CheckpointError("broker away", retriable=True)])
+    runner = make_runner(sink, publish_slices=2, commit_interval_s=60.0)
+    await runner.on_assigned([0])
+    runner._process([record(0, n, ingested(0, sid=f"s{n}")) for n in range(6)])
+    await runner._write(runner._prepare_slice(0))  # fails
+    assert sink.written == []
+    runner._process([record(0, n + 6, ingested(1, sid=f"s{n}")) for n in range(6)])
+    await runner._write(runner._prepare_slice(1))
+    await runner._write(runner._prepare_slice(0))
+    await runner.checkpoint()
+    counts = [
+        (r.key, orjson.loads(r.value or b"")["sourceSegments"])
+        for box in sink.written
+        for rs in box.records.values()
+        for r in rs
+        if r.topic == "snapshots"
+    ]
+    for key in {key for key, _ in counts}:
+        mine = [n for k, n in counts if k == key]
+        assert mine == sorted(mine), f"{key!r}: an older snapshot came after a newer one"
+    slot_0 = [f"s{n}".encode() for n in range(6) if slot_of(f"s{n}", 2) == 0]
+    assert sorted(k for k, n in counts if n == 1) == slot_0, "the failed write went out later"

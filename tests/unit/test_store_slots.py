@@ -52,12 +52,3 @@ def test_a_round_of_slots_publishes_what_one_full_tick_publishes() -> None:
         assert sorted(by_slots.live) == sorted(at_once.live)
         assert sorted(by_slots.evicted) == sorted(at_once.evicted)
     assert by_slots.evicted, "the last round evicted the ended sessions"
-
-
-def test_unticked_lists_the_sessions_folded_into_since_their_slot_ran() -> None:
-    store = filled(8)
-    for slot in range(SLOTS):
-        store.tick(seg_ts(3), slot, SLOTS)
-    assert store.unticked() == []
-    store.apply(decode(ingested(2, sid="sess-5")), 0)
-    assert [s.session_id for s in store.unticked()] == ["sess-5"]
