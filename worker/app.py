@@ -15,6 +15,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry
 
+from worker.changelog import encode_state, encode_state_v1
 from worker.http import HttpServer, Probes
 from worker.kafka import (
     AtLeastOnceSink,
@@ -86,6 +87,7 @@ class Worker:
             ),
             catchup_backlog=settings.catchup_backlog,
             publish_slices=1 if exactly_once else PUBLISH_SLICES,
+            encode_changelog=encode_state_v1 if settings.changelog_format == 1 else encode_state,
         )
         self.sessions = SessionCollector(
             lambda: list(self.store.live.values()), settings.metrics_max_sessions

@@ -89,6 +89,7 @@ class _Round:
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
 ChangelogReader = Callable[[Sequence[int]], Awaitable[ChangelogRecords]]
+ChangelogEncoder = Callable[[SessionState, int | None, int | None], bytes]
 
 
 def wall_clock_ms() -> int:
@@ -111,6 +112,7 @@ class Runner:
         commit_interval_s: float | None = None,
         catchup_backlog: int = 0,
         publish_slices: int = 1,
+        encode_changelog: ChangelogEncoder = encode_state,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -131,6 +133,7 @@ class Runner:
         """After a tick of all sessions, slices wait one interval (at most one publish per
         session per interval)."""
         self.clock_ms = clock_ms
+        self._encode_changelog = encode_changelog
         self.lock = asyncio.Lock()
         self.assigned: list[int] = []
         self.ready = False
@@ -366,7 +369,7 @@ class Runner:
             offsets = {**self._round.captured.offsets, **offsets}
         for state in states.values():
             archived = evicted.get(state.session_id)
-            payload = encode_state(
+            payload = self._encode_changelog(
                 state, archived[1] if archived else None, offsets.get(state.partition)
             )
             outbox.add(

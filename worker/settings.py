@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     evicted_ttl_s: Seconds = 86400.0
     liveness_timeout_s: Seconds = 30.0
     shutdown_timeout_s: Seconds = 10.0
+    changelog_format: Annotated[int, Field(ge=1, le=2)] = 2
+    """Changelog records written in this format; every version since 2 reads both. Set 1
+    during a rolling upgrade from a version that reads only format 1, then remove it."""
     max_poll_records: Annotated[int, Field(ge=1)] = 5000
     metrics_max_sessions: Annotated[int, Field(ge=0)] = 10_000
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE

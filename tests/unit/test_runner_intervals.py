@@ -9,7 +9,7 @@ import orjson
 from tests.unit.builders import SID, T0, ended, ingested, started
 from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
 from tests.unit.test_runner_pipelined import wait_for
-from worker.changelog import decode_state
+from worker.changelog import decode_state, encode_state_v1
 from worker.outbox import CheckpointError, Outbox
 from worker.rules import Rules
 from worker.store import slot_of
@@ -187,7 +187,7 @@ async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
     await runner._write(runner._prepare_slice(0))
     await runner.checkpoint()
     counts = [
-        (r.key, orjson.loads(r.value or b"")["sourceSegments"])
+        (r.key or b"", orjson.loads(r.value or b"")["sourceSegments"])
         for box in sink.written
         for rs in box.records.values()
         for r in rs
@@ -198,3 +198,14 @@ async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
         assert mine == sorted(mine), f"{key!r}: an older snapshot came after a newer one"
     slot_0 = [f"s{n}".encode() for n in range(6) if slot_of(f"s{n}", 2) == 0]
     assert sorted(k for k, n in counts if n == 1) == slot_0, "the failed write went out later"
+
+
+async def test_the_changelog_encoder_is_the_one_configured() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink, encode_changelog=encode_state_v1)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, ingested(0))])
+    await runner.checkpoint()
+    changelog = [r.value or b"" for r in sink.written[-1].records[0] if r.topic == "changelog"]
+    assert [orjson.loads(value)["v"] for value in changelog] == [1]
+    assert decode_state(changelog[0], 0).state.source_segments == 1

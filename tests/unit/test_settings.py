@@ -103,6 +103,12 @@ def test_the_commit_interval_cannot_be_shorter_than_the_publish_interval() -> No
     assert settings_from("--publish-interval", "2", "--commit-interval", "2").commit_interval_s == 2
 
 
+def test_the_changelog_format_is_2_unless_an_upgrade_needs_1() -> None:
+    assert settings_from().changelog_format == 2
+    assert settings_from("--changelog-format", "1").changelog_format == 1
+    assert invalid("--changelog-format", "3").startswith("changelog_format:")
+
+
 def test_the_stall_test_hook_is_an_env_setting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
