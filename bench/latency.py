@@ -169,10 +169,10 @@ def _time_checkpoints(worker: Worker) -> list[float]:
         waited[0] = time.perf_counter() - started
 
     def timed(prepare: Callable[..., Any]) -> Callable[..., Any]:
-        def timed_prepare(*args: Any) -> Any:
+        def timed_prepare(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
-                return prepare(*args)
+                return prepare(*args, **kwargs)
             finally:
                 durations.append((time.perf_counter() - started + waited[0]) * 1000)
                 waited[0] = 0.0
