@@ -77,14 +77,14 @@ class _Checkpoint:
 
 @dataclass(slots=True)
 class _Round:
-    """A checkpoint spread over one round of slices: every slice also writes the changelog
-    records of its slot's changed sessions, and the last one commits the offsets captured
-    when the round began. Each session's record is encoded after that capture, so it holds
-    everything the committed offsets cover."""
+    """A checkpoint spread over the slices of one commit interval: slice i also writes the
+    changelog records of changelog slot i's changed sessions, and the last one commits the
+    offsets captured when the round began. Each session's record is encoded after that
+    capture, so it holds everything the committed offsets cover."""
 
     captured: Outbox
     """Dead letters and next input offsets as of the start of the round."""
-    slices_left: int
+    next_slot: int = 0
 
 
 ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
@@ -148,8 +148,13 @@ class Runner:
         """A failed write's records: written first by the next write, so nothing overtakes
         them (a stale snapshot or changelog record after a newer one would win compaction)."""
         self._round: _Round | None = None
-        self._unsaved: list[dict[str, SessionState]] = [{} for _ in range(publish_slices)]
-        """Per slot, the sessions changed since their last changelog record."""
+        self.changelog_slots = max(
+            1, round(self.commit_interval_s * publish_slices / publish_interval_s)
+        )
+        """Slices per commit interval: a round encodes one changelog slot per slice, so the
+        changelog work is spread evenly over the interval (50 at the defaults)."""
+        self._unsaved: list[dict[str, SessionState]] = [{} for _ in range(self.changelog_slots)]
+        """Per changelog slot, the sessions changed since their last changelog record."""
         self._forgotten: dict[str, SessionState] = {}
         """Sessions past their TTL since the last checkpoint: their tombstones are due."""
         self._first_pending_ms: dict[str, int] = {}
@@ -303,7 +308,7 @@ class Runner:
         if self._round is not None:
             outbox, self._round = outbox.then(self._round.captured), None
         outbox, self._outbox = outbox.then(self._outbox), Outbox()
-        for slot in range(self.publish_slices):
+        for slot in range(self.changelog_slots):
             self._add_changelog(outbox, slot)
         self._add_tombstones(outbox)
         return _Checkpoint(outbox, result, pending, commits=True)
@@ -325,9 +330,9 @@ class Runner:
         round_ = self._round
         if round_ is None:
             return _Checkpoint(outbox, result, pending, commits=False)
-        self._add_changelog(outbox, slot)
-        round_.slices_left -= 1
-        if round_.slices_left > 0:
+        self._add_changelog(outbox, round_.next_slot)
+        round_.next_slot += 1
+        if round_.next_slot < self.changelog_slots:
             return _Checkpoint(outbox, result, pending, commits=False)
         self._round = None
         self._add_tombstones(outbox)
@@ -335,7 +340,7 @@ class Runner:
 
     def _begin_round(self) -> None:
         """Capture the dead letters and offsets the round's last slice will commit."""
-        self._round = _Round(self._outbox, self.publish_slices)
+        self._round = _Round(self._outbox)
         self._outbox = Outbox()
 
     def _take_retry(self) -> Outbox:
@@ -344,7 +349,7 @@ class Runner:
 
     def _remember(self, result: TickResult) -> None:
         """Note whose changelog record or tombstone the next checkpoint owes."""
-        unsaved, forgotten, slots = self._unsaved, self._forgotten, self.publish_slices
+        unsaved, forgotten, slots = self._unsaved, self._forgotten, self.changelog_slots
         for state in result.changed:
             unsaved[slot_of(state.session_id, slots)][state.session_id] = state
             forgotten.pop(state.session_id, None)  # alive again after it was forgotten
