@@ -129,9 +129,9 @@ class Runner:
         """Each interval's publishing is cut into this many slices, each refreshing one slot
         of the sessions: the loop stops for a fraction of the work at a time, which keeps
         the event-to-snapshot latency near the interval (1: one tick of all sessions)."""
-        self._slices_resume_at = 0.0
-        """After a tick of all sessions, slices wait one interval (at most one publish per
-        session per interval)."""
+        self._slot_ticked = [0.0] * publish_slices
+        """When each slot was last refreshed (monotonic): its next refresh waits at least
+        one interval from then, so a session publishes at most once per interval."""
         self.clock_ms = clock_ms
         self._encode_changelog = encode_changelog
         self.lock = asyncio.Lock()
@@ -195,7 +195,7 @@ class Runner:
                     self._process(records)
                 now = time.monotonic()
                 commit_due = now >= next_commit
-                slice_due = now >= max(next_slice, self._slices_resume_at)
+                slice_due = now >= next_slice
                 catching_up = self.catching_up()
                 if catching_up or slices == 1:
                     # One tick of every session: per interval, or only with the checkpoints
@@ -207,7 +207,8 @@ class Runner:
                     prepared = self._prepare_all(commits=commit_due)
                     if commit_due:
                         next_commit = now + self.commit_interval_s
-                    next_slice, slot = self._slices_resume_at, 0
+                    slot = 0
+                    next_slice = self._slot_ticked[0] + self.publish_interval_s
                 elif not slice_due:
                     continue
                 else:
@@ -215,7 +216,12 @@ class Runner:
                         self._begin_round()
                         next_commit = now + self.commit_interval_s
                     prepared = self._prepare_slice(slot)
-                    slot, next_slice = (slot + 1) % slices, now + slice_s
+                    # On the schedule, not `now + slice`: a late slice does not delay the
+                    # rest of the round; each slot still waits an interval since its last.
+                    slot = (slot + 1) % slices
+                    next_slice = max(
+                        next_slice + slice_s, self._slot_ticked[slot] + self.publish_interval_s
+                    )
                 # Write in the background and keep folding meanwhile: the loop waits for
                 # a write's acks (and commit) only when the next one is due.
                 await self._settle()
@@ -299,7 +305,7 @@ class Runner:
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
         result = self.store.tick(now_ms)
-        self._slices_resume_at = time.monotonic() + self.publish_interval_s
+        self._slot_ticked = [time.monotonic()] * self.publish_slices
         pending, self._first_pending_ms = self._first_pending_ms, {}
         self._remember(result)
         outbox = self._add_snapshots(self._take_retry(), result)
@@ -319,6 +325,7 @@ class Runner:
         now_ms = self.clock_ms()
         self.last_tick_ms = now_ms
         result = self.store.tick(now_ms, slot, self.publish_slices)
+        self._slot_ticked[slot] = time.monotonic()
         waiting = self._first_pending_ms
         pending = {
             s.session_id: ms

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Sequence
 
 import orjson
 
@@ -10,9 +13,9 @@ from tests.unit.builders import SID, T0, ended, ingested, started
 from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
 from tests.unit.test_runner_pipelined import wait_for
 from worker.changelog import decode_state, encode_state_v1
-from worker.outbox import CheckpointError, Outbox
+from worker.outbox import CheckpointError, InputRecord, Outbox
 from worker.rules import Rules
-from worker.store import slot_of
+from worker.store import TickResult, slot_of
 
 
 def topics(sink: FakeSink, index: int) -> list[str]:
@@ -212,3 +215,47 @@ async def test_the_changelog_encoder_is_the_one_configured() -> None:
     changelog = [r.value or b"" for r in sink.written[-1].records[0] if r.topic == "changelog"]
     assert [orjson.loads(value)["v"] for value in changelog] == [1]
     assert decode_state(changelog[0], 0).state.source_segments == 1
+
+
+class EndlessSource(FakeSource):
+    """Every fetch brings a new segment for each of a few sessions: all change all the time."""
+
+    def __init__(self, sessions: int) -> None:
+        super().__init__()
+        self.sessions, self.seq_no, self.offset = sessions, 0, 0
+
+    async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
+        await asyncio.sleep(0.005)
+        self.seq_no += 1
+        batch = []
+        for n in range(self.sessions):
+            batch.append(record(0, self.offset, ingested(self.seq_no, sid=f"s{n}")))
+            self.offset += 1
+        return batch
+
+
+async def test_no_session_is_refreshed_twice_within_an_interval_by_the_loop() -> None:
+    interval = 0.2
+    runner = make_runner(FakeSink(), source=EndlessSource(16), publish_slices=4)
+    runner.publish_interval_s = interval
+    refreshed: dict[str, list[float]] = {}
+    tick = runner.store.tick
+
+    def timed_tick(now_ms: int, slot: int = 0, slots: int = 1) -> TickResult:
+        result = tick(now_ms, slot, slots)
+        for snapshot in result.snapshots:
+            refreshed.setdefault(snapshot.session_id, []).append(time.monotonic())
+        return result
+
+    runner.store.tick = timed_tick  # type: ignore[method-assign]
+    await runner.on_assigned([0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert len(refreshed) == 16
+    for session_id, times in refreshed.items():
+        gaps = [b - a for a, b in itertools.pairwise(times[:-1])]  # the last: shutdown's
+        assert len(gaps) >= 3, session_id
+        assert min(gaps) >= interval, (session_id, gaps)
