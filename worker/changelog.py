@@ -7,19 +7,40 @@ a rolling upgrade can refuse (and report) a format it does not understand.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Final
 
 import orjson
 
 from worker.rules import DEDUPE_WINDOW
-from worker.state import SessionState, share_meta, share_value
+from worker.state import NO_RATIO, SessionState, share_meta, share_value
 
 FORMAT_VERSION: Final = 2
 """Written by `encode_state`; `decode_state` reads this and format 1."""
-_first = itemgetter(0)
-_second = itemgetter(1)
+
+
+def _pairs(flat: array[Any]) -> list[tuple[Any, Any]]:
+    """[a, b, c, d, ...] as [(a, b), (c, d), ...]: orjson writes the tuples as arrays."""
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
+
+
+def _durations(state: SessionState) -> list[tuple[int, float]]:
+    it = iter(state.recent_durations)
+    return [(int(seq_no), duration) for seq_no, duration in zip(it, it, strict=True)]
+
+
+def _transcode_seqs(state: SessionState) -> list[int]:
+    return [int(seq_no) for seq_no in state.recent_transcodes[0::2]]
+
+
+def _ratios(state: SessionState) -> list[float | None]:
+    return [None if r == NO_RATIO else r for r in state.recent_transcodes[1::2]]
+
+
+def _flat_window(entries: list[list[int]]) -> array[int]:
+    return array("q", [x for ts, size in entries for x in (ts, size)])
 
 
 class ChangelogFormatError(ValueError):
@@ -49,11 +70,10 @@ def _mask_from(length: int, holes_hex: str) -> int:
 
 
 def encode_state(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
-    """Format 2. Runs for every changed session every checkpoint: state containers are
-    handed to orjson as they are where it writes them right (tuples as arrays), Python
-    builds only what format 1 repeated per entry (names) or wrote long (masks, keys)."""
-    transcodes = state.recent_transcodes
-    names = tuple(map(_second, transcodes.values()))
+    """Format 2. Runs for every changed session every checkpoint: the packed windows and
+    recent entries are written as the arrays of pairs format 2 always had (tuples, which
+    orjson writes in C); names are written once per record, masks short."""
+    names = state.recent_names
     name_table = list(dict.fromkeys(names))
     renditions: list[Any] = []
     for name, mask in state.rendition_masks.items():
@@ -80,11 +100,11 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
         *_mask_fields(state.source_mask),
         state.transcoded_hwm,
         renditions,
-        state.ingest_window,  # (ts, size) tuples: orjson writes them as arrays, in C
-        state.outgoing_window,
-        list(state.recent_durations.items()),
-        list(transcodes),
-        list(map(_first, transcodes.values())),
+        _pairs(state.ingest_window),
+        _pairs(state.outgoing_window),
+        _durations(state),
+        _transcode_seqs(state),
+        _ratios(state),
         name_table,
         # Index into name_table per entry; null when every entry has the one name tuple.
         None if len(name_table) <= 1 else [name_table.index(n) for n in names],
@@ -101,7 +121,6 @@ def encode_state_v1(
     """Format 1, which workers before format 2 read (they skip a format 2 record and lose
     that session's state). For a two-phase rolling upgrade: write this until every worker
     runs a version that reads format 2, then switch to `encode_state`."""
-    transcodes = state.recent_transcodes
     body: dict[str, Any] = {
         "v": 1,
         "id": state.session_id,
@@ -125,16 +144,11 @@ def encode_state_v1(
             state.transcoded_hwm,
             {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
         ],
-        "ingestWindow": state.ingest_window,
-        "outgoingWindow": state.outgoing_window,
-        "recentDurations": list(state.recent_durations.items()),
+        "ingestWindow": _pairs(state.ingest_window),
+        "outgoingWindow": _pairs(state.outgoing_window),
+        "recentDurations": _durations(state),
         "recentTranscodes": list(
-            zip(
-                transcodes,
-                map(_first, transcodes.values()),
-                map(_second, transcodes.values()),
-                strict=True,
-            )
+            zip(_transcode_seqs(state), _ratios(state), state.recent_names, strict=True)
         ),
         "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
         "meta": state.meta,
@@ -190,9 +204,10 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
     if name_index is None:
         if transcode_seqs and len(table) != 1:
             raise ChangelogFormatError("corrupt changelog record: no rendition names")
-        recent_names: Any = [table[0]] * len(transcode_seqs) if transcode_seqs else []
+        recent_names = [table[0]] * len(transcode_seqs) if transcode_seqs else []
     else:
         recent_names = [table[i] for i in name_index]
+    recent_transcodes, recent_names = _recent_transcodes(transcode_seqs, ratios, recent_names)
     it = iter(failures)
     state = SessionState(
         session_id=session_id,
@@ -212,12 +227,11 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         source_mask=_mask_from(source_length, source_holes),
         transcoded_hwm=transcoded_hwm,
         rendition_masks=masks,
-        ingest_window=[(ts, size) for ts, size in ingest],
-        outgoing_window=[(ts, size) for ts, size in outgoing],
-        recent_durations=dict(durations),
-        recent_transcodes=dict(
-            zip(transcode_seqs, zip(ratios, recent_names, strict=True), strict=True)
-        ),
+        ingest_window=_flat_window(ingest),
+        outgoing_window=_flat_window(outgoing),
+        recent_durations=_flat_durations(durations),
+        recent_transcodes=recent_transcodes,
+        recent_names=recent_names,
         failures={s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)},
         meta={k: (v[0], share_meta(k, v[1])) for k, v in meta.items()},
         recording=None if recording is None else tuple(recording),
@@ -227,8 +241,31 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
     return ChangelogEntry(state, evicted_at, source_offset)
 
 
+def _flat_durations(durations: list[list[Any]]) -> array[float]:
+    """Written from a dict, so seqNos are unique; a repeated one keeps its first place and
+    its last value, as reading it into a dict did."""
+    by_seq_no = dict(durations)
+    return array("d", [x for item in by_seq_no.items() for x in item])
+
+
+def _recent_transcodes(
+    seq_nos: list[int], ratios: list[float | None], names: list[tuple[str, ...]]
+) -> tuple[array[float], list[tuple[str, ...]]]:
+    """The flat `recent_transcodes` and its `recent_names`; a repeated seqNo keeps its first
+    place and its last value, as reading the entries into a dict did."""
+    recent = dict(zip(seq_nos, zip(ratios, names, strict=True), strict=True))
+    flat = [x for s, (r, _) in recent.items() for x in (s, NO_RATIO if r is None else r)]
+    return array("d", flat), [n for _, n in recent.values()]
+
+
 def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
     totals = body["totals"]
+    entries = body["recentTranscodes"]
+    recent_transcodes, recent_names = _recent_transcodes(
+        [s for s, _, _ in entries],
+        [r for _, r, _ in entries],
+        [share_value(tuple(n)) for _, _, n in entries],
+    )
     state = SessionState(
         session_id=body["id"],
         partition=partition,
@@ -247,10 +284,11 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         source_mask=int(body["source"][1], 16),
         transcoded_hwm=body["transcoded"][0],
         rendition_masks={n: int(m, 16) for n, m in body["transcoded"][1].items()},
-        ingest_window=[(ts, size) for ts, size in body["ingestWindow"]],
-        outgoing_window=[(ts, size) for ts, size in body["outgoingWindow"]],
-        recent_durations=dict(body["recentDurations"]),
-        recent_transcodes={s: (r, share_value(tuple(n))) for s, r, n in body["recentTranscodes"]},
+        ingest_window=_flat_window(body["ingestWindow"]),
+        outgoing_window=_flat_window(body["outgoingWindow"]),
+        recent_durations=_flat_durations(body["recentDurations"]),
+        recent_transcodes=recent_transcodes,
+        recent_names=recent_names,
         failures={s: (ts, err) for s, ts, err in body["failures"]},
         meta={k: (v[0], share_meta(k, v[1])) for k, v in body["meta"].items()},
         recording=None if body["recording"] is None else tuple(body["recording"]),
@@ -280,6 +318,7 @@ def decode_state(payload: bytes, partition: int) -> ChangelogEntry:
         ValueError,
         IndexError,
         AttributeError,
+        OverflowError,
     ) as error:
         if isinstance(error, ChangelogFormatError):
             raise

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Any, Final
 
 from worker.rules import Rules
-from worker.state import SessionState, recent_failures
-
-_first = itemgetter(0)
-_second = itemgetter(1)
+from worker.state import NO_RATIO, SessionState, recent_failures
 
 
 def is_active(state: SessionState) -> bool:
@@ -26,7 +22,7 @@ def _median(values: list[float]) -> float:
 
 def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
     durations = state.recent_durations
-    typical_ms = _median(list(durations.values())) * 1000 if durations else 0.0
+    typical_ms = _median(durations[1::2].tolist()) * 1000 if durations else 0.0
     return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
 
 
@@ -51,12 +47,12 @@ def _failure_issue(state: SessionState) -> str | None:
     return f"{count} {noun} failed to transcode in the last 10: {last_error}"
 
 
-def _slow_issue(ratios: tuple[float | None, ...], rules: Rules) -> str | None:
-    if None in ratios:  # segments transcoded without a transcodeTime
-        ratios = tuple(r for r in ratios if r is not None)
+def _slow_issue(ratios: list[float], rules: Rules) -> str | None:
+    if NO_RATIO in ratios:  # segments transcoded without a transcodeTime
+        ratios = [r for r in ratios if r != NO_RATIO]
     if not ratios:
         return None
-    mean_ratio = sum(ratios) / len(ratios)  # type: ignore[arg-type]  # no None left
+    mean_ratio = sum(ratios) / len(ratios)
     if mean_ratio <= rules.slow_transcode_ratio:
         return None
     return f"Transcoding is slower than real time ({mean_ratio:.2f}x segment duration)"
@@ -91,7 +87,7 @@ def _profile_names(profiles: list[dict[str, Any]]) -> frozenset[str]:
 
 
 def _missing_renditions_issue(
-    state: SessionState, recent_names: tuple[tuple[str, ...], ...]
+    state: SessionState, recent_names: list[tuple[str, ...]]
 ) -> str | None:
     configured = state.meta.get("profiles")
     if configured is None or not configured[1]:
@@ -128,17 +124,14 @@ def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str]
         issue = _failure_issue(state)
         if issue is not None:
             issues.append(issue)
-    ratios: tuple[float | None, ...] = ()
-    recent_names: tuple[tuple[str, ...], ...] = ()
     if state.recent_transcodes:
-        recent = state.recent_transcodes.values()
-        ratios, recent_names = tuple(map(_first, recent)), tuple(map(_second, recent))
-        issue = _slow_issue(ratios, rules)
+        issue = _slow_issue(state.recent_transcodes[1::2].tolist(), rules)
         if issue is not None:
             issues.append(issue)
     issue = _lag_issue(state, rules)
     if issue is not None:
         issues.append(issue)
+    recent_names = state.recent_names
     if recent_names:
         issue = _missing_renditions_issue(state, recent_names)
         if issue is not None:

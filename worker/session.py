@@ -80,8 +80,10 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     start = now_ms - window_ms
     window_s = window_ms / 1000
     # window_bytes (state.py) inlined: a list comprehension sums faster than a generator.
-    ingest = sum([size for ts, size in state.ingest_window if start < ts <= now_ms])
-    outgoing = sum([size for ts, size in state.outgoing_window if start < ts <= now_ms])
+    it = iter(state.ingest_window)
+    ingest = sum([size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms])
+    it = iter(state.outgoing_window)
+    outgoing = sum([size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms])
     session["sourceSegments"] = state.source_segments
     session["transcodedSegments"] = state.transcoded_segments
     session["sourceSegmentsDuration"] = state.source_duration_us / MICROS

@@ -9,6 +9,7 @@ process or across restarts from the changelog, never changes the totals.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
@@ -31,6 +32,8 @@ from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS
 WINDOW_BITS: Final = (1 << DEDUPE_WINDOW) - 1
 MICROS: Final = 1_000_000
 """Durations are summed as integer microseconds so totals do not depend on event order."""
+NO_RATIO: Final = -1.0
+"""A transcode without a transcodeTime in `recent_transcodes` (real ratios are >= 0)."""
 
 _META_FIELDS: Final = (
     "name",
@@ -110,10 +113,16 @@ class SessionState:
     source_mask: int = 0
     transcoded_hwm: int = -1
     rendition_masks: dict[str, int] = field(default_factory=dict)
-    ingest_window: list[tuple[int, int]] = field(default_factory=list)
-    outgoing_window: list[tuple[int, int]] = field(default_factory=list)
-    recent_durations: dict[int, float] = field(default_factory=dict)
-    recent_transcodes: dict[int, tuple[float | None, tuple[str, ...]]] = field(default_factory=dict)
+    ingest_window: array[int] = field(default_factory=lambda: array("q"))
+    """Rate entries, flat: [ts, size, ts, size, ...] (packed: a fifth of tuples' memory)."""
+    outgoing_window: array[int] = field(default_factory=lambda: array("q"))
+    recent_durations: array[float] = field(default_factory=lambda: array("d"))
+    """The newest RECENT_SEGMENTS source segments, flat: [seqNo, duration, ...] in arrival
+    order. SeqNos are at most 2**53 - 1 (events.MAX_JSON_INT): exact as float64."""
+    recent_transcodes: array[float] = field(default_factory=lambda: array("d"))
+    """The newest RECENT_SEGMENTS transcoded seqNos, flat: [seqNo, ratio or NO_RATIO, ...]."""
+    recent_names: list[tuple[str, ...]] = field(default_factory=list)
+    """The (shared) rendition names of each `recent_transcodes` entry, in the same order."""
     failures: dict[int, tuple[int, str]] = field(default_factory=dict)
     meta: dict[str, tuple[int, Any]] = field(default_factory=dict)
     recording: tuple[int, str, str | None, str | None] | None = None
@@ -130,19 +139,47 @@ def new_session(session_id: str, partition: int, timestamp: int) -> SessionState
     )
 
 
-def _keep_newest(recent: dict[int, Any], limit: int = RECENT_SEGMENTS) -> None:
-    excess = len(recent) - limit
-    if excess == 1:  # the usual case: one new entry pushed the oldest out
-        del recent[min(recent)]
-    elif excess > 1:
-        for seq_no in sorted(recent)[:excess]:
-            del recent[seq_no]
+def _pairs(flat: array[Any]) -> list[tuple[Any, Any]]:
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
 
 
-def _trim_window(window: list[tuple[int, int]]) -> None:
+def window_entries(window: array[int]) -> list[tuple[int, int]]:
+    """A rate window as (ts, size) tuples, in its order."""
+    return _pairs(window)
+
+
+def recent_duration_items(state: SessionState) -> dict[int, float]:
+    """seqNo -> duration of the newest source segments, in arrival order."""
+    return {int(seq_no): duration for seq_no, duration in _pairs(state.recent_durations)}
+
+
+def recent_transcode_items(state: SessionState) -> dict[int, tuple[float | None, tuple[str, ...]]]:
+    """seqNo -> (transcode ratio or None, rendition names) of the newest transcoded seqNos."""
+    seqs, ratios = state.recent_transcodes[0::2], state.recent_transcodes[1::2]
+    return {
+        int(s): (None if r == NO_RATIO else r, names)
+        for s, r, names in zip(seqs, ratios, state.recent_names, strict=True)
+    }
+
+
+def _drop_oldest(recent: array[float], names: list[tuple[str, ...]] | None = None) -> None:
+    """Drop the smallest seqNos of a flat [seqNo, value, ...] array (and their `names`)
+    until RECENT_SEGMENTS remain, like deleting the smallest keys of a dict."""
+    seqs = recent[0::2]
+    while len(seqs) > RECENT_SEGMENTS:
+        index = seqs.index(min(seqs))
+        del seqs[index]
+        del recent[2 * index : 2 * index + 2]
+        if names is not None:
+            del names[index]
+
+
+def _trim_window(window: array[int]) -> None:
     """Keep the newest MAX_RATE_ENTRIES entries (callers append, then check the length)."""
-    window.sort()
-    del window[: len(window) - MAX_RATE_ENTRIES]
+    pairs = sorted(_pairs(window))
+    del pairs[: len(pairs) - MAX_RATE_ENTRIES]
+    window[:] = array("q", [x for pair in pairs for x in pair])
 
 
 def _is_transcoded(state: SessionState, seq_no: int) -> bool:
@@ -181,13 +218,16 @@ def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
     size = event.bytes
     state.source_bytes += size
     window = state.ingest_window
-    window.append((timestamp, size))
-    if len(window) > MAX_RATE_ENTRIES:
+    window.append(timestamp)
+    window.append(size)
+    if len(window) > 2 * MAX_RATE_ENTRIES:
         _trim_window(window)
+    # A seqNo is never appended twice: its bit stays set for as long as it is not late.
     recent = state.recent_durations
-    recent[seq_no] = event.duration
-    if len(recent) > RECENT_SEGMENTS:
-        _keep_newest(recent)
+    recent.append(seq_no)
+    recent.append(event.duration)
+    if len(recent) > 2 * RECENT_SEGMENTS:
+        _drop_oldest(recent)
     if state.failures:
         _prune_failures(state)
 
@@ -239,28 +279,35 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
         state.transcoded_bytes += added_bytes
         if added_bytes:
             window = state.outgoing_window
-            window.append((event.timestamp, added_bytes))
-            if len(window) > MAX_RATE_ENTRIES:
+            window.append(event.timestamp)
+            window.append(added_bytes)
+            if len(window) > 2 * MAX_RATE_ENTRIES:
                 _trim_window(window)
     if state.failures:
         state.failures.pop(seq_no, None)
     transcode_time = event.transcode_time
-    ratio = None if transcode_time is None else transcode_time / event.duration
+    ratio = NO_RATIO if transcode_time is None else transcode_time / event.duration
     arrival = tuple(map(_NAME, event.renditions))
     names = _names_by_arrival.get(arrival)
     if names is None:
         names = _remember_names(arrival)
     recent = state.recent_transcodes
-    previous = recent.get(seq_no)
-    if previous is not None:
+    recent_names = state.recent_names
+    seqs = recent[0::2]
+    if seq_no in seqs:
+        index = seqs.index(seq_no)
         # A retry may deliver renditions the first attempt lacked: remember their union.
-        if previous[1] is not names:
-            names = share_value(tuple(sorted(set(names) | set(previous[1]))))
-        if ratio is None:
-            ratio = previous[0]
-    recent[seq_no] = (ratio, names)
-    if len(recent) > RECENT_SEGMENTS:
-        _keep_newest(recent)
+        previous = recent_names[index]
+        if previous is not names:
+            recent_names[index] = share_value(tuple(sorted(set(names) | set(previous))))
+        if ratio != NO_RATIO:
+            recent[2 * index + 1] = ratio
+        return
+    recent.append(seq_no)
+    recent.append(ratio)
+    recent_names.append(names)
+    if len(recent_names) > RECENT_SEGMENTS:
+        _drop_oldest(recent, recent_names)
 
 
 def _newest_seq_no(state: SessionState) -> int:
@@ -375,15 +422,17 @@ def fold(state: SessionState, event: Event) -> SessionState:
     return state
 
 
-def window_bytes(window: list[tuple[int, int]], now_ms: int, window_ms: int) -> int:
+def window_bytes(window: array[int], now_ms: int, window_ms: int) -> int:
     """Bytes of entries stamped in (now - window, now]."""
     start = now_ms - window_ms
-    return sum(size for ts, size in window if start < ts <= now_ms)
+    it = iter(window)
+    return sum(size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms)
 
 
 def expire_windows(state: SessionState, now_ms: int, window_ms: int) -> None:
     """Drop rate entries that can never count again for any later `now`."""
     start = now_ms - window_ms
     for window in (state.ingest_window, state.outgoing_window):
-        if window and min(window)[0] <= start:  # (ts, size) tuples: the min has the min ts
-            window[:] = [entry for entry in window if entry[0] > start]
+        if window and min(window[0::2]) <= start:
+            it = iter(window)
+            window[:] = array("q", [x for e in zip(it, it, strict=True) if e[0] > start for x in e])

@@ -43,7 +43,13 @@ from worker.changelog import (
     encode_state_v1,
 )
 from worker.session import build_session, encode_session
-from worker.state import SessionState, new_session
+from worker.state import (
+    SessionState,
+    new_session,
+    recent_duration_items,
+    recent_transcode_items,
+    window_entries,
+)
 from worker.store import SessionStore
 
 
@@ -73,10 +79,10 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
                 state.transcoded_hwm,
                 {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
             ],
-            "ingestWindow": state.ingest_window,
-            "outgoingWindow": state.outgoing_window,
-            "recentDurations": list(state.recent_durations.items()),
-            "recentTranscodes": [[s, r, n] for s, (r, n) in state.recent_transcodes.items()],
+            "ingestWindow": window_entries(state.ingest_window),
+            "outgoingWindow": window_entries(state.outgoing_window),
+            "recentDurations": list(recent_duration_items(state).items()),
+            "recentTranscodes": [[s, r, n] for s, (r, n) in recent_transcode_items(state).items()],
             "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
             "meta": state.meta,
             "recording": state.recording,
@@ -138,7 +144,7 @@ def test_round_trip_equals_the_original_state(encode: Encoder) -> None:
     assert state.recording
     assert state.ingest_window
     assert len(state.rendition_masks) == 3
-    assert any(r is not None for r, _ in state.recent_transcodes.values())
+    assert any(r is not None for r, _ in recent_transcode_items(state).values())
     entry = round_trip(state, encode=encode)
     assert entry.state == state
     assert (entry.evicted_at, entry.source_offset) == (None, 41)
@@ -161,7 +167,7 @@ def test_round_trip_of_a_new_session(encode: Encoder) -> None:
 
 def shared_values(state: SessionState) -> list[int]:
     """Identities of the values the fold shares between sessions."""
-    names = [id(names) for _, names in state.recent_transcodes.values()]
+    names = [id(names) for names in state.recent_names]
     ladders = [id(state.meta[k][1]) for k in ("profiles", "recording_spec") if k in state.meta]
     return names + ladders
 

@@ -30,7 +30,14 @@ from tests.unit.builders import (
 )
 from worker.rules import Rules
 from worker.session import build_session, encode_session
-from worker.state import MICROS, SessionState, recent_failures, window_bytes
+from worker.state import (
+    MICROS,
+    SessionState,
+    recent_duration_items,
+    recent_failures,
+    recent_transcode_items,
+    window_bytes,
+)
 
 # ----------------------------------------------------------------- the frozen reference
 
@@ -42,7 +49,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
         return [f"Session timed out after {rules.idle_timeout_ms // 1000}s without events"]
     found: list[str | None] = []
     reference = state.last_seen if state.last_seen is not None else state.first_segment_at
-    durations = sorted(state.recent_durations.values())
+    durations = sorted(recent_duration_items(state).values())
     middle = len(durations) // 2
     median = (
         0.0
@@ -60,7 +67,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
         _, last_error = max(recent.values())
         noun = "segment" if len(recent) == 1 else "segments"
         found.append(f"{len(recent)} {noun} failed to transcode in the last 10: {last_error}")
-    ratios = [r for r, _ in state.recent_transcodes.values() if r is not None]
+    ratios = [r for r, _ in recent_transcode_items(state).values() if r is not None]
     if ratios and sum(ratios) / len(ratios) > rules.slow_transcode_ratio:
         mean = sum(ratios) / len(ratios)
         found.append(f"Transcoding is slower than real time ({mean:.2f}x segment duration)")
@@ -71,7 +78,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
     if configured is not None and configured[1] and state.recent_transcodes:
         expected = {p["name"] for p in configured[1]}
         missing: set[str] = set()
-        for _, names in state.recent_transcodes.values():
+        for _, names in recent_transcode_items(state).values():
             missing |= expected.difference(names)
         if missing:
             found.append(f"Missing renditions in recent segments: {', '.join(sorted(missing))}")

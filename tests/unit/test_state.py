@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import orjson
 import pytest
@@ -32,7 +33,15 @@ from worker import state as state_module
 from worker.changelog import encode_state
 from worker.events import MAX_JSON_INT
 from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS, Rules
-from worker.state import expire_windows, fold, new_session, window_bytes
+from worker.state import (
+    expire_windows,
+    fold,
+    new_session,
+    recent_duration_items,
+    recent_transcode_items,
+    window_bytes,
+    window_entries,
+)
 from worker.store import SessionStore
 
 FIVE_SEGMENTS = Totals(
@@ -147,22 +156,22 @@ def test_retry_adds_only_the_missing_renditions() -> None:
     )
     assert (state.transcoded_segments, state.transcoded_bytes) == (3, 750_000)
     assert state.transcoded_duration_us == 6_000_000
-    assert state.recent_transcodes[0] == (None, ("360p", "480p", "720p"))
+    assert recent_transcode_items(state)[0] == (None, ("360p", "480p", "720p"))
 
 
 def test_rendition_names_are_remembered_sorted_whatever_their_order() -> None:
     ladder = {"720p": 1, "480p": 1, "360p": 1}
     first = fold_bodies([transcoded(0, renditions=ladder)])
     other = fold_bodies([transcoded(0, renditions=dict(reversed(ladder.items())), sid="s2")])
-    assert first.recent_transcodes[0] == (None, ("360p", "480p", "720p"))
+    assert recent_transcode_items(first)[0] == (None, ("360p", "480p", "720p"))
     # One tuple shared by every session with that ladder, whatever the order in the event.
-    assert other.recent_transcodes[0][1] is first.recent_transcodes[0][1]
+    assert recent_transcode_items(other)[0][1] is recent_transcode_items(first)[0][1]
 
 
 def test_a_repeated_transcode_keeps_its_names_and_ratio() -> None:
     state = fold_bodies([transcoded(0, transcode_time=1.0)])
     fold_bodies([transcoded(0, seg_ts(0) + 900)], state)  # same names, no transcodeTime
-    assert state.recent_transcodes[0] == (0.5, ("360p", "480p", "720p"))
+    assert recent_transcode_items(state)[0] == (0.5, ("360p", "480p", "720p"))
 
 
 def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +180,7 @@ def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
         [transcoded(n, renditions={f"r{n}": 1, f"q{n}": 1, "a": 1}) for n in range(5)]
     )
     assert len(state_module._names_by_arrival) <= 2
-    assert [names for _, names in state.recent_transcodes.values()] == [
+    assert [names for _, names in recent_transcode_items(state).values()] == [
         ("a", f"q{n}", f"r{n}") for n in range(5)
     ]
 
@@ -420,28 +429,29 @@ def test_session_ended_keeps_the_earliest_end() -> None:
 
 
 def test_window_bytes_counts_the_half_open_interval() -> None:
-    window = [(1_000, 1), (5_000, 10), (10_999, 100), (11_000, 1_000), (11_001, 10_000)]
+    entries = [(1_000, 1), (5_000, 10), (10_999, 100), (11_000, 1_000), (11_001, 10_000)]
+    window = array("q", [x for entry in entries for x in entry])
     # (now - 10000, now] with now = 11000: 1000 is out, 11000 is in, 11001 (future) is out.
     assert window_bytes(window, 11_000, 10_000) == 1_110
     assert window_bytes(window, 10_999, 10_000) == 111  # (999, 10999]: 1000 is in
     assert window_bytes(window, 14_999, 10_000) == 11_110
     assert window_bytes(window, 15_000, 10_000) == 11_100  # 5000 just left
     assert window_bytes(window, 21_001, 10_000) == 0
-    assert window_bytes([], 15_000, 10_000) == 0
+    assert window_bytes(array("q"), 15_000, 10_000) == 0
 
 
 def test_expire_windows_drops_only_entries_that_can_never_count_again() -> None:
     state = fold_bodies([ingested(n, T0 + n * 1000) for n in range(5)])
     expire_windows(state, T0 + 12_000, 10_000)  # window start T0 + 2000 is excluded
-    assert state.ingest_window == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
+    assert window_entries(state.ingest_window) == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
     assert state.source_bytes == 5_000_000
 
 
 def test_rate_windows_are_capped() -> None:
     state = fold_bodies([ingested(n, T0 + n) for n in range(MAX_RATE_ENTRIES + 50)])
-    assert len(state.ingest_window) == MAX_RATE_ENTRIES
-    assert state.ingest_window[0] == (T0 + 50, 1_000_000)  # the oldest were dropped
-    assert state.ingest_window[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
+    assert len(window_entries(state.ingest_window)) == MAX_RATE_ENTRIES
+    assert window_entries(state.ingest_window)[0] == (T0 + 50, 1_000_000)  # the oldest were dropped
+    assert window_entries(state.ingest_window)[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
 
 
 # ------------------------------------------------------------------------- memory bound
@@ -475,22 +485,22 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
         if seq_no % 500 == 0:
             store.tick(at + 700)  # the runner ticks every second; often enough here
             largest_record = max(largest_record, len(encode_state(state, None, seq_no)))
-        assert len(state.ingest_window) <= MAX_RATE_ENTRIES
-        assert len(state.outgoing_window) <= MAX_RATE_ENTRIES
+        assert len(window_entries(state.ingest_window)) <= MAX_RATE_ENTRIES
+        assert len(window_entries(state.outgoing_window)) <= MAX_RATE_ENTRIES
     store.tick(seg_ts(SEGMENTS_100K - 1) + 700)
 
     failed_unretried = len([s for s in range(0, SEGMENTS_100K, 997) if s % 2 == 1])
     assert state.source_segments == SEGMENTS_100K
     assert state.transcoded_segments == 3 * (SEGMENTS_100K - failed_unretried)
     assert state.source_bytes == SEGMENTS_100K * 1_000_000
-    assert len(state.recent_durations) == RECENT_SEGMENTS
-    assert len(state.recent_transcodes) == RECENT_SEGMENTS
+    assert len(recent_duration_items(state)) == RECENT_SEGMENTS
+    assert len(recent_transcode_items(state)) == RECENT_SEGMENTS
     assert len(state.failures) <= RECENT_SEGMENTS
     assert set(state.rendition_masks) == {"720p", "480p", "360p"}
     assert all(m.bit_length() <= DEDUPE_WINDOW for m in state.rendition_masks.values())
     assert state.source_mask.bit_length() <= DEDUPE_WINDOW
-    assert len(state.ingest_window) <= 6  # 10 s of 2 s segments
-    assert len(state.outgoing_window) <= 6
+    assert len(window_entries(state.ingest_window)) <= 6  # 10 s of 2 s segments
+    assert len(window_entries(state.outgoing_window)) <= 6
     assert set(state.meta) == {"name", "record", "profiles"}
     largest_record = max(largest_record, len(encode_state(state, None, SEGMENTS_100K)))
     assert largest_record < CHANGELOG_BOUND
@@ -505,6 +515,6 @@ def test_a_flood_without_ticks_is_still_bounded() -> None:
         update = {"seq_no": seq_no, "timestamp": T0 + seq_no}
         fold(state, ingested_template.model_copy(update=update))
         fold(state, transcoded_template.model_copy(update=update))
-    assert len(state.ingest_window) == MAX_RATE_ENTRIES
-    assert len(state.outgoing_window) == MAX_RATE_ENTRIES
+    assert len(window_entries(state.ingest_window)) == MAX_RATE_ENTRIES
+    assert len(window_entries(state.outgoing_window)) == MAX_RATE_ENTRIES
     assert len(encode_state(state, None, 0)) < FLOOD_CHANGELOG_BOUND
