@@ -44,7 +44,7 @@ from worker.events import InvalidRecord, decode_event
 from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
 from worker.metrics import SessionCollector, WorkerMetrics
 from worker.rules import Rules
-from worker.state import SessionState
+from worker.state import SessionState, set_meta
 from worker.store import SessionStore
 from worker.traffic import SyntheticTraffic
 
@@ -91,8 +91,8 @@ def fill_store(size: int, now_ms: int) -> SessionStore:
     for n in range(template, size):
         clone = copy.deepcopy(originals[n % template])
         clone.session_id = f"clone-{n:06d}"
-        clone.meta["parent_id"] = (0, f"stream-{n % 5_000}")
-        clone.meta["project_id"] = (0, f"project-{n % 97}")
+        set_meta(clone, "parent_id", clone.last_activity, f"stream-{n % 5_000}")
+        set_meta(clone, "project_id", clone.last_activity, f"project-{n % 97}")
         clone.last_activity -= n % 60_000  # spread recency so the cap has to choose
         store.live[clone.session_id] = clone
     store.tick(now_ms)

@@ -14,7 +14,14 @@ from typing import Any, Final
 import orjson
 
 from worker.rules import DEDUPE_WINDOW
-from worker.state import NO_RATIO, SessionState, share_meta, share_value
+from worker.state import (
+    NO_RATIO,
+    SessionMeta,
+    SessionState,
+    meta_items,
+    share_meta,
+    share_value,
+)
 
 FORMAT_VERSION: Final = 2
 """Written by `encode_state`; `decode_state` reads this and format 1."""
@@ -109,7 +116,7 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
         # Index into name_table per entry; null when every entry has the one name tuple.
         None if len(name_table) <= 1 else [name_table.index(n) for n in names],
         [x for seq_no, (ts, error) in state.failures.items() for x in (seq_no, ts, error)],
-        state.meta,
+        meta_items(state),
         state.recording,
     ]
     return orjson.dumps({"v": FORMAT_VERSION, "s": body})
@@ -151,7 +158,7 @@ def encode_state_v1(
             zip(_transcode_seqs(state), _ratios(state), state.recent_names, strict=True)
         ),
         "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
-        "meta": state.meta,
+        "meta": meta_items(state),
         "recording": state.recording,
         "endedAt": state.ended_at,
         "timedOut": state.timed_out,
@@ -233,12 +240,21 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         recent_transcodes=recent_transcodes,
         recent_names=recent_names,
         failures={s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)},
-        meta={k: (v[0], share_meta(k, v[1])) for k, v in meta.items()},
+        meta=_meta_from(meta),
         recording=None if recording is None else tuple(recording),
         ended_at=ended_at,
         timed_out=timed_out,
     )
     return ChangelogEntry(state, evicted_at, source_offset)
+
+
+def _meta_from(meta: dict[str, list[Any]]) -> SessionMeta:
+    """Raises TypeError for a name that is not a metadata field (a corrupt record)."""
+    return SessionMeta(
+        share_value(tuple(meta)),
+        tuple(ts for ts, _ in meta.values()),
+        **{name: share_meta(name, value) for name, (_, value) in meta.items()},
+    )
 
 
 def _flat_durations(durations: list[list[Any]]) -> array[float]:
@@ -290,7 +306,7 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         recent_transcodes=recent_transcodes,
         recent_names=recent_names,
         failures={s: (ts, err) for s, ts, err in body["failures"]},
-        meta={k: (v[0], share_meta(k, v[1])) for k, v in body["meta"].items()},
+        meta=_meta_from(body["meta"]),
         recording=None if body["recording"] is None else tuple(body["recording"]),
         ended_at=body["endedAt"],
         timed_out=body["timedOut"],

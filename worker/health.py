@@ -89,10 +89,10 @@ def _profile_names(profiles: list[dict[str, Any]]) -> frozenset[str]:
 def _missing_renditions_issue(
     state: SessionState, recent_names: list[tuple[str, ...]]
 ) -> str | None:
-    configured = state.meta.get("profiles")
-    if configured is None or not configured[1]:
+    configured = state.meta.profiles
+    if not configured:
         return None
-    expected = _profile_names(configured[1])
+    expected = _profile_names(configured)
     first = recent_names[0]
     missing: frozenset[str] | set[str]
     if recent_names.count(first) == len(recent_names):

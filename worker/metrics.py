@@ -218,15 +218,13 @@ LEFT_OUT_HELP: Final = "Sessions with published values left out of /metrics by t
 def session_labels(state: SessionState) -> tuple[str, str, str]:
     """session_id, parent_id, project_id ("" when unknown)."""
     meta = state.meta
-    parent = meta.get("parent_id")
-    project = meta.get("project_id")
-    return state.session_id, parent[1] if parent else "", project[1] if project else ""
+    parent, project = meta.parent_id, meta.project_id
+    return state.session_id, "" if parent is None else parent, "" if project is None else project
 
 
 def recording_status(state: SessionState) -> str | None:
     """The recording status of a session that records (as its snapshot shows it), else None."""
-    record = state.meta.get("record")
-    if record is None or record[1] is not True:
+    if state.meta.record is not True:
         return None
     return state.recording[1] if state.recording else "waiting"
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 import orjson
@@ -62,6 +63,8 @@ _OPTIONAL_META: Final = (
     ("profiles", "profiles"),
     ("recordingSpec", "recording_spec"),
 )
+_OPTIONAL_JSON_NAMES: Final = tuple(json_name for json_name, _ in _OPTIONAL_META)
+_optional_values: Final = attrgetter(*(meta_name for _, meta_name in _OPTIONAL_META))
 
 
 def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, Any]:
@@ -72,8 +75,8 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     """
     session_id = state.session_id
     meta = state.meta
-    name = meta.get("name")
-    session: dict[str, Any] = {"id": session_id, "name": name[1] if name else session_id}
+    name = meta.name
+    session: dict[str, Any] = {"id": session_id, "name": session_id if name is None else name}
     if state.last_seen is not None:
         session["lastSeen"] = state.last_seen
     window_ms = rules.rate_window_ms
@@ -99,11 +102,10 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
         session["isHealthy"] = not issues
         session["issues"] = issues
     session["createdAt"] = state.created_at
-    if meta:
-        for json_name, meta_name in _OPTIONAL_META:
-            value = meta.get(meta_name)
+    if meta.order:
+        for json_name, value in zip(_OPTIONAL_JSON_NAMES, _optional_values(meta), strict=True):
             if value is not None:
-                session[json_name] = value[1]
+                session[json_name] = value
     recording = state.recording
     status = "waiting"
     if recording is not None:
@@ -112,8 +114,7 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
             session["recordingUrl"] = url
         if mp4 is not None:
             session["mp4Url"] = mp4
-    record = meta.get("record")
-    if record is not None and record[1] is True:
+    if meta.record is True:
         session["recordingStatus"] = status
     return session
 

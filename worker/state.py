@@ -10,7 +10,7 @@ process or across restarts from the changelog, never changes the totals.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
@@ -78,6 +78,63 @@ def share_meta(name: str, value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """Metadata, last write wins per field by event timestamp. Immutable (replaced, never
+    edited), so sessions without metadata share EMPTY_META; a third of a dict of tuples."""
+
+    order: tuple[str, ...] = ()
+    """Names of the fields set, in the order first set (the changelog writes them so)."""
+    stamps: tuple[int, ...] = ()
+    """The event timestamp of each field in `order`."""
+    name: str | None = None
+    parent_id: str | None = None
+    project_id: str | None = None
+    playback_id: str | None = None
+    record: bool | None = None
+    kind: str | None = None
+    user_id: str | None = None
+    profiles: list[dict[str, Any]] | None = None
+    recording_spec: dict[str, Any] | None = None
+    recording_url: str | None = None
+    mp4_url: str | None = None
+
+
+EMPTY_META: Final = SessionMeta()
+
+
+def meta_items(state: SessionState) -> dict[str, tuple[int, Any]]:
+    """name -> (timestamp, value) of the metadata set, in the order first set."""
+    meta = state.meta
+    return {
+        name: (ts, getattr(meta, name)) for name, ts in zip(meta.order, meta.stamps, strict=True)
+    }
+
+
+def _with_meta(meta: SessionMeta, timestamp: int, values: dict[str, Any]) -> SessionMeta:
+    """`meta` with each of `values` set unless that field was set by a newer event."""
+    order, stamps = list(meta.order), list(meta.stamps)
+    changed: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in order:
+            index = order.index(name)
+            if timestamp < stamps[index]:
+                continue
+            stamps[index] = timestamp
+        else:
+            order.append(name)
+            stamps.append(timestamp)
+        changed[name] = value
+    if not changed:
+        return meta
+    return replace(meta, order=share_value(tuple(order)), stamps=tuple(stamps), **changed)
+
+
+def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None:
+    """Set one metadata field (last write wins by timestamp), as a folded event would."""
+    state.meta = _with_meta(state.meta, timestamp, {name: value})
+
+
 class ExportedValues(NamedTuple):
     source_segments: int
     transcoded_segments: int
@@ -124,7 +181,7 @@ class SessionState:
     recent_names: list[tuple[str, ...]] = field(default_factory=list)
     """The (shared) rendition names of each `recent_transcodes` entry, in the same order."""
     failures: dict[int, tuple[int, str]] = field(default_factory=dict)
-    meta: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    meta: SessionMeta = EMPTY_META
     recording: tuple[int, str, str | None, str | None] | None = None
     ended_at: int | None = None
     timed_out: bool = False
@@ -344,49 +401,41 @@ def _fold_failed(state: SessionState, event: SegmentFailed) -> None:
     _prune_failures(state)
 
 
-def _set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None:
-    current = state.meta.get(name)
-    if current is None or timestamp >= current[0]:
-        state.meta[name] = (timestamp, value)
-
-
 _PROFILES: Final = TypeAdapter(list[FfmpegProfile])
 """Dumps a ladder in one call: ~3 us less per session.started than a dump per profile."""
 
 
 def _fold_started(state: SessionState, event: SessionStarted) -> None:
+    values = {}
     for name in _META_FIELDS:
         value = getattr(event, name)
         if value is not None:
-            _set_meta(state, name, event.timestamp, value)
+            values[name] = value
     if event.profiles is not None:
         profiles = _PROFILES.dump_python(event.profiles, by_alias=True, exclude_none=True)
-        _set_meta(state, "profiles", event.timestamp, share_meta("profiles", profiles))
+        values["profiles"] = share_meta("profiles", profiles)
     if event.recording_spec is not None:
         spec = event.recording_spec.model_dump(by_alias=True, exclude_none=True)
-        _set_meta(state, "recording_spec", event.timestamp, share_meta("recording_spec", spec))
+        values["recording_spec"] = share_meta("recording_spec", spec)
+    state.meta = _with_meta(state.meta, event.timestamp, values)
 
 
 def _fold_recording(state: SessionState, event: RecordingUpdated) -> None:
     # Last write wins per field by timestamp, like session.started: the status comes from the
     # newest update and each URL from the newest update carrying it, so a status-only update
     # never erases a known URL and the result does not depend on arrival order.
+    urls = {}
     if event.recording_url is not None:
-        _set_meta(state, "recording_url", event.timestamp, event.recording_url)
+        urls["recording_url"] = event.recording_url
     if event.mp4_url is not None:
-        _set_meta(state, "mp4_url", event.timestamp, event.mp4_url)
+        urls["mp4_url"] = event.mp4_url
+    if urls:
+        state.meta = _with_meta(state.meta, event.timestamp, urls)
     timestamp: int = event.timestamp
     status: str = event.status
     if state.recording is not None and timestamp < state.recording[0]:
         timestamp, status = state.recording[0], state.recording[1]
-    url = state.meta.get("recording_url")
-    mp4 = state.meta.get("mp4_url")
-    state.recording = (
-        timestamp,
-        status,
-        None if url is None else url[1],
-        None if mp4 is None else mp4[1],
-    )
+    state.recording = (timestamp, status, state.meta.recording_url, state.meta.mp4_url)
 
 
 def fold(state: SessionState, event: Event) -> SessionState:

@@ -151,10 +151,10 @@ def _row(state: SessionState, reading: Reading, history: deque[tuple[float, floa
     e = state.exported
     healthy = e.is_healthy if e else None
     issues = evaluate_issues(state, reading.now_ms, reading.rules) if healthy is False else None
-    name = state.meta.get("name")
+    name = state.meta.name
     return Row(
         session_id=state.session_id,
-        name=str(name[1]) if name else "",
+        name="" if name is None else str(name),
         healthy=healthy,
         ended=state.ended_at is not None,
         issues=tuple(issues or ()),

@@ -18,7 +18,7 @@ from worker.http import HttpServer, Probes
 from worker.metrics import SessionCollector, WorkerMetrics
 from worker.rules import Rules
 from worker.settings import Settings
-from worker.state import ExportedValues, SessionState, new_session
+from worker.state import ExportedValues, SessionState, new_session, set_meta
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]
@@ -86,9 +86,8 @@ def settings_from_env(env: Mapping[str, str], monkeypatch: Any) -> Settings:
 def fake_session() -> SessionState:
     """A published session that makes the collector emit every per-session series."""
     state = new_session("sess-1", partition=0, timestamp=1)
-    state.meta.update(
-        {"parent_id": (1, "parent"), "project_id": (1, "project"), "record": (1, True)}
-    )
+    for name, value in {"parent_id": "parent", "project_id": "project", "record": True}.items():
+        set_meta(state, name, 1, value)
     state.recording = (1, "ready", None, None)
     values = [1] * len(ExportedValues._fields)
     state.exported = ExportedValues._make(values)._replace(is_healthy=False)

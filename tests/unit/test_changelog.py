@@ -45,6 +45,7 @@ from worker.changelog import (
 from worker.session import build_session, encode_session
 from worker.state import (
     SessionState,
+    meta_items,
     new_session,
     recent_duration_items,
     recent_transcode_items,
@@ -84,7 +85,7 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
             "recentDurations": list(recent_duration_items(state).items()),
             "recentTranscodes": [[s, r, n] for s, (r, n) in recent_transcode_items(state).items()],
             "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
-            "meta": state.meta,
+            "meta": meta_items(state),
             "recording": state.recording,
             "endedAt": state.ended_at,
             "timedOut": state.timed_out,
@@ -168,7 +169,7 @@ def test_round_trip_of_a_new_session(encode: Encoder) -> None:
 def shared_values(state: SessionState) -> list[int]:
     """Identities of the values the fold shares between sessions."""
     names = [id(names) for names in state.recent_names]
-    ladders = [id(state.meta[k][1]) for k in ("profiles", "recording_spec") if k in state.meta]
+    ladders = [id(v) for v in (state.meta.profiles, state.meta.recording_spec) if v is not None]
     return names + ladders
 
 

@@ -33,6 +33,7 @@ from worker.session import build_session, encode_session
 from worker.state import (
     MICROS,
     SessionState,
+    meta_items,
     recent_duration_items,
     recent_failures,
     recent_transcode_items,
@@ -74,7 +75,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
     behind = state.source_hwm - state.transcoded_hwm
     if state.source_hwm >= 0 and behind > rules.max_transcode_lag_segments:
         found.append(f"Transcoding is {behind} segments behind ingest")
-    configured = state.meta.get("profiles")
+    configured = meta_items(state).get("profiles")
     if configured is not None and configured[1] and state.recent_transcodes:
         expected = {p["name"] for p in configured[1]}
         missing: set[str] = set()
@@ -98,7 +99,7 @@ _OPTIONAL_META = (
 
 
 def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, Any]:
-    name = state.meta.get("name")
+    name = meta_items(state).get("name")
     window_s = rules.rate_window_ms / 1000
     issues = _reference_issues(state, now_ms, rules)
     session: dict[str, Any] = {
@@ -122,10 +123,10 @@ def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[st
         session["issues"] = issues
     session["createdAt"] = state.created_at
     for json_name, meta_name in _OPTIONAL_META:
-        value = state.meta.get(meta_name)
+        value = meta_items(state).get(meta_name)
         if value is not None:
             session[json_name] = value[1]
-    record = state.meta.get("record")
+    record = meta_items(state).get("record")
     status = "waiting"
     if state.recording is not None:
         _, status, url, mp4 = state.recording

@@ -36,6 +36,7 @@ from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS, Rules
 from worker.state import (
     expire_windows,
     fold,
+    meta_items,
     new_session,
     recent_duration_items,
     recent_transcode_items,
@@ -195,7 +196,7 @@ def test_old_failures_are_pruned_as_newer_segments_arrive() -> None:
 def test_profile_ladders_keep_only_the_fields_present() -> None:
     ladder = [profile("720p", fpsDen=1, gop="2.0"), profile("360p", quality=20)]
     state = fold_bodies([started(profiles=ladder)])
-    assert state.meta["profiles"] == (T0, ladder)
+    assert meta_items(state)["profiles"] == (T0, ladder)
 
 
 def test_totals_never_decrease() -> None:
@@ -501,7 +502,7 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
     assert state.source_mask.bit_length() <= DEDUPE_WINDOW
     assert len(window_entries(state.ingest_window)) <= 6  # 10 s of 2 s segments
     assert len(window_entries(state.outgoing_window)) <= 6
-    assert set(state.meta) == {"name", "record", "profiles"}
+    assert set(meta_items(state)) == {"name", "record", "profiles"}
     largest_record = max(largest_record, len(encode_state(state, None, SEGMENTS_100K)))
     assert largest_record < CHANGELOG_BOUND
     assert len(orjson.dumps(render(state, seg_ts(SEGMENTS_100K)))) < 2048
