@@ -19,6 +19,7 @@ from worker.state import (
     SessionMeta,
     SessionState,
     meta_items,
+    packed_stamps,
     share_meta,
     share_value,
 )
@@ -252,7 +253,7 @@ def _meta_from(meta: dict[str, list[Any]]) -> SessionMeta:
     """Raises TypeError for a name that is not a metadata field (a corrupt record)."""
     return SessionMeta(
         share_value(tuple(meta)),
-        tuple(ts for ts, _ in meta.values()),
+        packed_stamps([ts for ts, _ in meta.values()]),
         **{name: share_meta(name, value) for name, (_, value) in meta.items()},
     )
 

@@ -52,6 +52,8 @@ MAX_SHARED_VALUES: Final = 4096
 full, which only costs sharing, never correctness."""
 _shared: dict[Any, Any] = {}
 _SHARED_META: Final = frozenset({"profiles", "recording_spec"})
+_SHARED_NAMES: Final = frozenset({"kind", "project_id"})
+"""String metadata with few distinct values in a fleet: one copy for all its sessions."""
 
 
 def _share(key: Any, value: Any) -> Any:
@@ -72,7 +74,10 @@ def share_value(value: Any) -> Any:
 
 
 def share_meta(name: str, value: Any) -> Any:
-    """`_share` for the metadata that sessions repeat verbatim (profile ladders)."""
+    """`_share` for the metadata that sessions repeat verbatim (profile ladders, kinds,
+    projects)."""
+    if name in _SHARED_NAMES:
+        return _share((name, value), value)
     if name in _SHARED_META:
         return _share((name, orjson.dumps(value)), value)
     return value
@@ -85,8 +90,9 @@ class SessionMeta:
 
     order: tuple[str, ...] = ()
     """Names of the fields set, in the order first set (the changelog writes them so)."""
-    stamps: tuple[int, ...] = ()
-    """The event timestamp of each field in `order`."""
+    stamps: int | tuple[int, ...] = ()
+    """The event timestamp of each field in `order`; one int when they are all equal (the
+    usual case: one session.started set them all)."""
     name: str | None = None
     parent_id: str | None = None
     project_id: str | None = None
@@ -106,14 +112,24 @@ EMPTY_META: Final = SessionMeta()
 def meta_items(state: SessionState) -> dict[str, tuple[int, Any]]:
     """name -> (timestamp, value) of the metadata set, in the order first set."""
     meta = state.meta
-    return {
-        name: (ts, getattr(meta, name)) for name, ts in zip(meta.order, meta.stamps, strict=True)
-    }
+    stamps = meta.stamps
+    if isinstance(stamps, int):
+        return {name: (stamps, getattr(meta, name)) for name in meta.order}
+    return {name: (ts, getattr(meta, name)) for name, ts in zip(meta.order, stamps, strict=True)}
+
+
+def packed_stamps(stamps: list[int]) -> int | tuple[int, ...]:
+    """`SessionMeta.stamps` for these timestamps."""
+    if stamps and stamps.count(stamps[0]) == len(stamps):
+        return stamps[0]
+    return tuple(stamps)
 
 
 def _with_meta(meta: SessionMeta, timestamp: int, values: dict[str, Any]) -> SessionMeta:
     """`meta` with each of `values` set unless that field was set by a newer event."""
-    order, stamps = list(meta.order), list(meta.stamps)
+    order = list(meta.order)
+    packed = meta.stamps
+    stamps = [packed] * len(order) if isinstance(packed, int) else list(packed)
     changed: dict[str, Any] = {}
     for name, value in values.items():
         if name in order:
@@ -127,7 +143,7 @@ def _with_meta(meta: SessionMeta, timestamp: int, values: dict[str, Any]) -> Ses
         changed[name] = value
     if not changed:
         return meta
-    return replace(meta, order=share_value(tuple(order)), stamps=tuple(stamps), **changed)
+    return replace(meta, order=share_value(tuple(order)), stamps=packed_stamps(stamps), **changed)
 
 
 def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None:
@@ -410,7 +426,7 @@ def _fold_started(state: SessionState, event: SessionStarted) -> None:
     for name in _META_FIELDS:
         value = getattr(event, name)
         if value is not None:
-            values[name] = value
+            values[name] = share_meta(name, value)
     if event.profiles is not None:
         profiles = _PROFILES.dump_python(event.profiles, by_alias=True, exclude_none=True)
         values["profiles"] = share_meta("profiles", profiles)
