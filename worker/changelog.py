@@ -21,6 +21,7 @@ from worker.state import (
     meta_items,
     packed_stamps,
     share_meta,
+    share_recent_names,
     share_value,
 )
 
@@ -212,10 +213,10 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
     if name_index is None:
         if transcode_seqs and len(table) != 1:
             raise ChangelogFormatError("corrupt changelog record: no rendition names")
-        recent_names = [table[0]] * len(transcode_seqs) if transcode_seqs else []
+        names = [table[0]] * len(transcode_seqs) if transcode_seqs else []
     else:
-        recent_names = [table[i] for i in name_index]
-    recent_transcodes, recent_names = _recent_transcodes(transcode_seqs, ratios, recent_names)
+        names = [table[i] for i in name_index]
+    recent_transcodes, recent_names = _recent_transcodes(transcode_seqs, ratios, names)
     it = iter(failures)
     state = SessionState(
         session_id=session_id,
@@ -267,12 +268,12 @@ def _flat_durations(durations: list[list[Any]]) -> array[float]:
 
 def _recent_transcodes(
     seq_nos: list[int], ratios: list[float | None], names: list[tuple[str, ...]]
-) -> tuple[array[float], list[tuple[str, ...]]]:
+) -> tuple[array[float], tuple[tuple[str, ...], ...]]:
     """The flat `recent_transcodes` and its `recent_names`; a repeated seqNo keeps its first
     place and its last value, as reading the entries into a dict did."""
     recent = dict(zip(seq_nos, zip(ratios, names, strict=True), strict=True))
     flat = [x for s, (r, _) in recent.items() for x in (s, NO_RATIO if r is None else r)]
-    return array("d", flat), [n for _, n in recent.values()]
+    return array("d", flat), share_recent_names(tuple(n for _, n in recent.values()))
 
 
 def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:

@@ -87,7 +87,7 @@ def _profile_names(profiles: list[dict[str, Any]]) -> frozenset[str]:
 
 
 def _missing_renditions_issue(
-    state: SessionState, recent_names: list[tuple[str, ...]]
+    state: SessionState, recent_names: tuple[tuple[str, ...], ...]
 ) -> str | None:
     configured = state.meta.profiles
     if not configured:

@@ -194,8 +194,9 @@ class SessionState:
     order. SeqNos are at most 2**53 - 1 (events.MAX_JSON_INT): exact as float64."""
     recent_transcodes: array[float] = field(default_factory=lambda: array("d"))
     """The newest RECENT_SEGMENTS transcoded seqNos, flat: [seqNo, ratio or NO_RATIO, ...]."""
-    recent_names: list[tuple[str, ...]] = field(default_factory=list)
-    """The (shared) rendition names of each `recent_transcodes` entry, in the same order."""
+    recent_names: tuple[tuple[str, ...], ...] = ()
+    """The (shared) rendition names of each `recent_transcodes` entry, in the same order.
+    Immutable: when every entry has the same names (the usual case), sessions share it."""
     failures: dict[int, tuple[int, str]] = field(default_factory=dict)
     meta: SessionMeta = EMPTY_META
     recording: tuple[int, str, str | None, str | None] | None = None
@@ -236,16 +237,29 @@ def recent_transcode_items(state: SessionState) -> dict[int, tuple[float | None,
     }
 
 
-def _drop_oldest(recent: array[float], names: list[tuple[str, ...]] | None = None) -> None:
-    """Drop the smallest seqNos of a flat [seqNo, value, ...] array (and their `names`)
-    until RECENT_SEGMENTS remain, like deleting the smallest keys of a dict."""
+_uniform_names: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
+"""(names, count) -> the shared `recent_names` of `count` entries that all have `names`."""
+
+
+def share_recent_names(entries: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+    """An equal `recent_names` held by other sessions when all entries have one name tuple."""
+    if not entries or entries.count(entries[0]) != len(entries):
+        return entries
+    key = (entries[0], len(entries))
+    found = _uniform_names.get(key)
+    if found is None:
+        if len(_uniform_names) >= MAX_SHARED_VALUES:
+            _uniform_names.clear()
+        found = _uniform_names[key] = entries
+    return found
+
+
+def _oldest_to_drop(recent: array[float], seq_no: int) -> int | None:
+    """Where the smallest seqNo of a full flat [seqNo, value, ...] array is, or None when
+    `seq_no` itself is smaller: a dict would insert it, then delete it as the oldest."""
     seqs = recent[0::2]
-    while len(seqs) > RECENT_SEGMENTS:
-        index = seqs.index(min(seqs))
-        del seqs[index]
-        del recent[2 * index : 2 * index + 2]
-        if names is not None:
-            del names[index]
+    oldest = min(seqs)
+    return None if seq_no < oldest else seqs.index(oldest)
 
 
 def _trim_window(window: array[int]) -> None:
@@ -297,10 +311,17 @@ def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
         _trim_window(window)
     # A seqNo is never appended twice: its bit stays set for as long as it is not late.
     recent = state.recent_durations
-    recent.append(seq_no)
-    recent.append(event.duration)
-    if len(recent) > 2 * RECENT_SEGMENTS:
-        _drop_oldest(recent)
+    if len(recent) < 2 * RECENT_SEGMENTS:
+        recent.append(seq_no)
+        recent.append(event.duration)
+        if len(recent) == 2 * RECENT_SEGMENTS:
+            state.recent_durations = recent[:]  # exact size: it stays full
+    else:
+        index = _oldest_to_drop(recent, seq_no)
+        if index is not None:
+            del recent[2 * index : 2 * index + 2]  # first: the array never grows
+            recent.append(seq_no)
+            recent.append(event.duration)
     if state.failures:
         _prune_failures(state)
 
@@ -364,6 +385,13 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
     names = _names_by_arrival.get(arrival)
     if names is None:
         names = _remember_names(arrival)
+    _remember_transcode(state, seq_no, ratio, names)
+
+
+def _remember_transcode(
+    state: SessionState, seq_no: int, ratio: float, names: tuple[str, ...]
+) -> None:
+    """Record (ratio, names) for `seq_no` among the newest RECENT_SEGMENTS transcodes."""
     recent = state.recent_transcodes
     recent_names = state.recent_names
     seqs = recent[0::2]
@@ -372,15 +400,30 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
         # A retry may deliver renditions the first attempt lacked: remember their union.
         previous = recent_names[index]
         if previous is not names:
-            recent_names[index] = share_value(tuple(sorted(set(names) | set(previous))))
+            union = share_value(tuple(sorted(set(names) | set(previous))))
+            state.recent_names = share_recent_names(
+                (*recent_names[:index], union, *recent_names[index + 1 :])
+            )
         if ratio != NO_RATIO:
             recent[2 * index + 1] = ratio
         return
+    if len(recent_names) < RECENT_SEGMENTS:
+        recent.append(seq_no)
+        recent.append(ratio)
+        if len(recent) == 2 * RECENT_SEGMENTS:
+            state.recent_transcodes = recent[:]  # exact size: it stays full
+        state.recent_names = share_recent_names((*recent_names, names))
+        return
+    oldest = _oldest_to_drop(recent, seq_no)
+    if oldest is None:
+        return
+    del recent[2 * oldest : 2 * oldest + 2]  # first: the array never grows
     recent.append(seq_no)
     recent.append(ratio)
-    recent_names.append(names)
-    if len(recent_names) > RECENT_SEGMENTS:
-        _drop_oldest(recent, recent_names)
+    if recent_names.count(names) != RECENT_SEGMENTS:  # else all are `names`: unchanged
+        state.recent_names = share_recent_names(
+            (*recent_names[:oldest], *recent_names[oldest + 1 :], names)
+        )
 
 
 def _newest_seq_no(state: SessionState) -> int:
@@ -494,10 +537,18 @@ def window_bytes(window: array[int], now_ms: int, window_ms: int) -> int:
     return sum(size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms)
 
 
+def _unexpired(window: array[int], start: int) -> array[int]:
+    it = iter(window)
+    return array("q", [x for e in zip(it, it, strict=True) if e[0] > start for x in e])
+
+
 def expire_windows(state: SessionState, now_ms: int, window_ms: int) -> None:
-    """Drop rate entries that can never count again for any later `now`."""
+    """Drop rate entries that can never count again for any later `now` (into new arrays
+    of the exact size: appending grows an array with room to spare)."""
     start = now_ms - window_ms
-    for window in (state.ingest_window, state.outgoing_window):
-        if window and min(window[0::2]) <= start:
-            it = iter(window)
-            window[:] = array("q", [x for e in zip(it, it, strict=True) if e[0] > start for x in e])
+    window = state.ingest_window
+    if window and min(window[0::2]) <= start:
+        state.ingest_window = _unexpired(window, start)
+    window = state.outgoing_window
+    if window and min(window[0::2]) <= start:
+        state.outgoing_window = _unexpired(window, start)

@@ -169,6 +169,42 @@ def test_rendition_names_are_remembered_sorted_whatever_their_order() -> None:
     assert recent_transcode_items(other)[0][1] is recent_transcode_items(first)[0][1]
 
 
+def test_recent_entries_behave_like_the_dicts_they_pack() -> None:
+    """The packed recent durations and transcodes against the dict model they replace: a new
+    seqNo goes last, a repeated one keeps its place, then the smallest seqNos are dropped."""
+    rng = random.Random(5)
+    ladders = [{"720p": 1, "360p": 1}, {"480p": 1}, {"720p": 1}]
+    for _ in range(40):
+        state = new_session(SID, 0, T0)
+        durations: dict[int, float] = {}
+        transcodes: dict[int, tuple[float | None, tuple[str, ...]]] = {}
+        for _ in range(rng.randrange(1, 60)):
+            seq_no = rng.randrange(40)
+            if rng.random() < 0.5:
+                duration = rng.choice([1.0, 2.0, 2.5])
+                before = state.source_segments
+                fold_bodies([ingested(seq_no, duration=duration)], state)
+                if state.source_segments > before:  # new, not a duplicate
+                    durations[seq_no] = duration
+                    for old in sorted(durations)[: max(0, len(durations) - RECENT_SEGMENTS)]:
+                        del durations[old]
+            else:
+                renditions = rng.choice(ladders)
+                time = rng.choice([None, 0.5, 3.0])
+                fold_bodies([transcoded(seq_no, renditions=renditions, transcode_time=time)], state)
+                ratio = None if time is None else time / 2.0
+                names = tuple(sorted(renditions))
+                if seq_no in transcodes:
+                    old_ratio, old_names = transcodes[seq_no]
+                    names = tuple(sorted(set(names) | set(old_names)))
+                    ratio = old_ratio if ratio is None else ratio
+                transcodes[seq_no] = (ratio, names)
+                for old in sorted(transcodes)[: max(0, len(transcodes) - RECENT_SEGMENTS)]:
+                    del transcodes[old]
+            assert list(recent_duration_items(state).items()) == list(durations.items())
+            assert list(recent_transcode_items(state).items()) == list(transcodes.items())
+
+
 def test_a_repeated_transcode_keeps_its_names_and_ratio() -> None:
     state = fold_bodies([transcoded(0, transcode_time=1.0)])
     fold_bodies([transcoded(0, seg_ts(0) + 900)], state)  # same names, no transcodeTime
