@@ -71,15 +71,17 @@ class WorkerMetrics:
         )
         self.checkpoint_failures = Counter(
             f"{p}_checkpoint_failures",
-            "Checkpoints whose writes or commit failed transiently (retried)",
+            "Writes or commits that failed transiently (sent again by the next write)",
             registry=registry,
         )
         self.checkpoints = Counter(
-            f"{p}_checkpoints", "Completed checkpoints (flush + commit)", registry=registry
+            f"{p}_checkpoints",
+            "Completed checkpoints (writes acked, offsets committed)",
+            registry=registry,
         )
         self.publish_latency = Histogram(
             f"{p}_publish_latency_seconds",
-            "Time to get a checkpoint's records acknowledged",
+            "Time to get one write's records acknowledged",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
