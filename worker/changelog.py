@@ -29,7 +29,7 @@ FORMAT_VERSION: Final = 2
 """Written by `encode_state`; `decode_state` reads this and format 1."""
 
 
-def _pairs(flat: array[Any]) -> list[tuple[Any, Any]]:
+def _pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
     """[a, b, c, d, ...] as [(a, b), (c, d), ...]: orjson writes the tuples as arrays."""
     it = iter(flat)
     return list(zip(it, it, strict=True))
@@ -85,7 +85,7 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
     names = state.recent_names
     name_table = list(dict.fromkeys(names))
     renditions: list[Any] = []
-    for name, mask in state.rendition_masks.items():
+    for name, mask in _pairs(state.rendition_masks):
         renditions.append(name)
         renditions.extend(_mask_fields(mask))
     body = [
@@ -151,7 +151,7 @@ def encode_state_v1(
         "source": [state.source_hwm, format(state.source_mask, "x")],
         "transcoded": [
             state.transcoded_hwm,
-            {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
+            {name: format(mask, "x") for name, mask in _pairs(state.rendition_masks)},
         ],
         "ingestWindow": _pairs(state.ingest_window),
         "outgoingWindow": _pairs(state.outgoing_window),
@@ -235,7 +235,7 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         source_hwm=source_hwm,
         source_mask=_mask_from(source_length, source_holes),
         transcoded_hwm=transcoded_hwm,
-        rendition_masks=masks,
+        rendition_masks=_flat_masks(masks),
         ingest_window=_flat_window(ingest),
         outgoing_window=_flat_window(outgoing),
         recent_durations=_flat_durations(durations),
@@ -248,6 +248,12 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         timed_out=timed_out,
     )
     return ChangelogEntry(state, evicted_at, source_offset)
+
+
+def _flat_masks(masks: dict[str, int]) -> tuple[Any, ...]:
+    if not all(isinstance(name, str) for name in masks):
+        raise ChangelogFormatError("corrupt changelog record: a rendition name not a string")
+    return tuple(x for item in masks.items() for x in item)
 
 
 def _meta_from(meta: dict[str, list[Any]]) -> SessionMeta:
@@ -301,7 +307,7 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         source_hwm=body["source"][0],
         source_mask=int(body["source"][1], 16),
         transcoded_hwm=body["transcoded"][0],
-        rendition_masks={n: int(m, 16) for n, m in body["transcoded"][1].items()},
+        rendition_masks=_flat_masks({n: int(m, 16) for n, m in body["transcoded"][1].items()}),
         ingest_window=_flat_window(body["ingestWindow"]),
         outgoing_window=_flat_window(body["outgoingWindow"]),
         recent_durations=_flat_durations(body["recentDurations"]),

@@ -185,7 +185,8 @@ class SessionState:
     source_hwm: int = -1
     source_mask: int = 0
     transcoded_hwm: int = -1
-    rendition_masks: dict[str, int] = field(default_factory=dict)
+    rendition_masks: tuple[Any, ...] = ()
+    """Flat (name, mask, name, mask, ...), names in the order first set: half a dict."""
     ingest_window: array[int] = field(default_factory=lambda: array("q"))
     """Rate entries, flat: [ts, size, ts, size, ...] (packed: a fifth of tuples' memory)."""
     outgoing_window: array[int] = field(default_factory=lambda: array("q"))
@@ -213,7 +214,12 @@ def new_session(session_id: str, partition: int, timestamp: int) -> SessionState
     )
 
 
-def _pairs(flat: array[Any]) -> list[tuple[Any, Any]]:
+def rendition_mask_items(state: SessionState) -> dict[str, int]:
+    """Rendition name -> its dedupe bitmask, in the order first set."""
+    return dict(_pairs(state.rendition_masks))
+
+
+def _pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
     it = iter(flat)
     return list(zip(it, it, strict=True))
 
@@ -274,7 +280,7 @@ def _is_transcoded(state: SessionState, seq_no: int) -> bool:
     if offset < 0 or offset >= DEDUPE_WINDOW:
         return False
     bit = 1 << offset
-    return any(mask & bit for mask in state.rendition_masks.values())
+    return any(mask & bit for mask in state.rendition_masks[1::2])
 
 
 def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
@@ -339,34 +345,47 @@ def _remember_names(arrival: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+def _shifted_masks(flat: tuple[Any, ...], shift: int) -> list[Any]:
+    """Rendition masks re-anchored `shift` seqNos higher, without those left empty."""
+    if shift >= DEDUPE_WINDOW:
+        return []  # nothing survives (and no huge shift)
+    masks = list(flat)
+    for index in range(1, len(masks), 2):
+        masks[index] = (masks[index] << shift) & WINDOW_BITS
+    if 0 in masks:  # a rendition absent for the whole window: forget it
+        it = iter(masks)
+        masks = [x for pair in zip(it, it, strict=True) if pair[1] for x in pair]
+    return masks
+
+
 def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
     seq_no = event.seq_no
     hwm = state.transcoded_hwm
-    masks = state.rendition_masks
+    masks: list[Any]
     if seq_no > hwm:
-        shift = seq_no - hwm
-        masks = state.rendition_masks = (
-            {
-                name: shifted
-                for name, mask in masks.items()
-                if (shifted := (mask << shift) & WINDOW_BITS)
-            }
-            if shift < DEDUPE_WINDOW
-            else {}  # past the whole window: nothing survives (and no huge shift)
-        )
+        masks = _shifted_masks(state.rendition_masks, seq_no - hwm)
         state.transcoded_hwm = hwm = seq_no
     elif hwm - seq_no >= DEDUPE_WINDOW:
         state.late_segments += 1
         return
+    else:
+        masks = list(state.rendition_masks)
     bit = 1 << (hwm - seq_no)
     added = added_bytes = 0
     for rendition in event.renditions:
         name = rendition["name"]
-        mask = masks.get(name, 0)
-        if not mask & bit:
-            masks[name] = mask | bit
-            added += 1
-            added_bytes += rendition["bytes"]
+        try:
+            index = masks.index(name) + 1  # names are strs, masks ints: only a name matches
+        except ValueError:
+            masks += (name, bit)
+        else:
+            mask = masks[index]
+            if mask & bit:
+                continue
+            masks[index] = mask | bit
+        added += 1
+        added_bytes += rendition["bytes"]
+    state.rendition_masks = tuple(masks)
     if added:
         state.transcoded_segments += added
         state.transcoded_duration_us += added * round(event.duration * MICROS)

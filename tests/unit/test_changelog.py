@@ -49,6 +49,7 @@ from worker.state import (
     new_session,
     recent_duration_items,
     recent_transcode_items,
+    rendition_mask_items,
     window_entries,
 )
 from worker.store import SessionStore
@@ -78,7 +79,7 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
             "source": [state.source_hwm, format(state.source_mask, "x")],
             "transcoded": [
                 state.transcoded_hwm,
-                {name: format(mask, "x") for name, mask in state.rendition_masks.items()},
+                {name: format(mask, "x") for name, mask in rendition_mask_items(state).items()},
             ],
             "ingestWindow": window_entries(state.ingest_window),
             "outgoingWindow": window_entries(state.outgoing_window),
@@ -144,7 +145,7 @@ def test_round_trip_equals_the_original_state(encode: Encoder) -> None:
     assert state.meta
     assert state.recording
     assert state.ingest_window
-    assert len(state.rendition_masks) == 3
+    assert len(rendition_mask_items(state)) == 3
     assert any(r is not None for r, _ in recent_transcode_items(state).values())
     entry = round_trip(state, encode=encode)
     assert entry.state == state
@@ -191,12 +192,12 @@ def full_masks_state() -> SessionState:
     state = rich_state()
     state.source_hwm, state.transcoded_hwm = 5_000, 4_999
     state.source_mask = (1 << 1024) - 1
-    state.rendition_masks = {
-        "720p": (1 << 1024) - 1 - (1 << 3) - (1 << 1_000),
-        "480p": (1 << 1024) - 1,
-        "360p": 1 << 1_023,
-        "240p": 1,
-    }
+    state.rendition_masks = (
+        *("720p", (1 << 1024) - 1 - (1 << 3) - (1 << 1_000)),
+        *("480p", (1 << 1024) - 1),
+        *("360p", 1 << 1_023),
+        *("240p", 1),
+    )
     return state
 
 

@@ -40,6 +40,7 @@ from worker.state import (
     new_session,
     recent_duration_items,
     recent_transcode_items,
+    rendition_mask_items,
     window_bytes,
     window_entries,
 )
@@ -280,7 +281,7 @@ def test_a_huge_seq_no_jump_is_cheap_and_counted() -> None:
     )
     assert (state.source_segments, state.transcoded_segments) == (2, 6)
     assert state.source_mask == 1
-    assert set(state.rendition_masks.values()) == {1}
+    assert set(rendition_mask_items(state).values()) == {1}
     assert state.source_hwm == state.transcoded_hwm == MAX_JSON_INT
     assert len(encode_state(state, None, None)) < 4096
 
@@ -533,8 +534,9 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
     assert len(recent_duration_items(state)) == RECENT_SEGMENTS
     assert len(recent_transcode_items(state)) == RECENT_SEGMENTS
     assert len(state.failures) <= RECENT_SEGMENTS
-    assert set(state.rendition_masks) == {"720p", "480p", "360p"}
-    assert all(m.bit_length() <= DEDUPE_WINDOW for m in state.rendition_masks.values())
+    masks = rendition_mask_items(state)
+    assert set(masks) == {"720p", "480p", "360p"}
+    assert all(m.bit_length() <= DEDUPE_WINDOW for m in masks.values())
     assert state.source_mask.bit_length() <= DEDUPE_WINDOW
     assert len(window_entries(state.ingest_window)) <= 6  # 10 s of 2 s segments
     assert len(window_entries(state.outgoing_window)) <= 6
