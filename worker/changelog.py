@@ -18,6 +18,7 @@ from worker.state import (
     NO_RATIO,
     SessionMeta,
     SessionState,
+    failure_items,
     meta_items,
     packed_stamps,
     share_meta,
@@ -117,7 +118,7 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
         name_table,
         # Index into name_table per entry; null when every entry has the one name tuple.
         None if len(name_table) <= 1 else [name_table.index(n) for n in names],
-        [x for seq_no, (ts, error) in state.failures.items() for x in (seq_no, ts, error)],
+        state.failures,  # flat (seqNo, ts, error, ...), as format 2 writes them
         meta_items(state),
         state.recording,
     ]
@@ -159,7 +160,7 @@ def encode_state_v1(
         "recentTranscodes": list(
             zip(_transcode_seqs(state), _ratios(state), state.recent_names, strict=True)
         ),
-        "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
+        "failures": [[s, ts, err] for s, (ts, err) in failure_items(state).items()],
         "meta": meta_items(state),
         "recording": state.recording,
         "endedAt": state.ended_at,
@@ -241,13 +242,18 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         recent_durations=_flat_durations(durations),
         recent_transcodes=recent_transcodes,
         recent_names=recent_names,
-        failures={s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)},
+        failures=_flat_failures({s: (ts, e) for s, ts, e in zip(it, it, it, strict=True)}),
         meta=_meta_from(meta),
         recording=None if recording is None else tuple(recording),
         ended_at=ended_at,
         timed_out=timed_out,
     )
     return ChangelogEntry(state, evicted_at, source_offset)
+
+
+def _flat_failures(failures: dict[int, tuple[int, str]]) -> tuple[Any, ...]:
+    """Written from a dict: a repeated seqNo keeps its first place and its last value."""
+    return tuple(x for s, (ts, error) in failures.items() for x in (s, ts, error))
 
 
 def _flat_masks(masks: dict[str, int]) -> tuple[Any, ...]:
@@ -313,7 +319,7 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         recent_durations=_flat_durations(body["recentDurations"]),
         recent_transcodes=recent_transcodes,
         recent_names=recent_names,
-        failures={s: (ts, err) for s, ts, err in body["failures"]},
+        failures=_flat_failures({s: (ts, err) for s, ts, err in body["failures"]}),
         meta=_meta_from(body["meta"]),
         recording=None if body["recording"] is None else tuple(body["recording"]),
         ended_at=body["endedAt"],

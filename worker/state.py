@@ -198,7 +198,8 @@ class SessionState:
     recent_names: tuple[tuple[str, ...], ...] = ()
     """The (shared) rendition names of each `recent_transcodes` entry, in the same order.
     Immutable: when every entry has the same names (the usual case), sessions share it."""
-    failures: dict[int, tuple[int, str]] = field(default_factory=dict)
+    failures: tuple[Any, ...] = ()
+    """Flat (seqNo, ts, error, ...) in the order first failed; empty (shared) in most."""
     meta: SessionMeta = EMPTY_META
     recording: tuple[int, str, str | None, str | None] | None = None
     ended_at: int | None = None
@@ -396,8 +397,10 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
             window.append(added_bytes)
             if len(window) > 2 * MAX_RATE_ENTRIES:
                 _trim_window(window)
-    if state.failures:
-        state.failures.pop(seq_no, None)
+    if state.failures and seq_no in state.failures[0::3]:
+        state.failures = _flat_failures(
+            {s: f for s, f in failure_items(state).items() if s != seq_no}
+        )
     transcode_time = event.transcode_time
     ratio = NO_RATIO if transcode_time is None else transcode_time / event.duration
     arrival = tuple(map(_NAME, event.renditions))
@@ -449,7 +452,18 @@ def _newest_seq_no(state: SessionState) -> int:
     """Newest seqNo any segment event named. It only grows, whatever the arrival order: a
     failure that leaves `failures` does so because its seqNo was transcoded, which the
     transcoded high-water mark remembers."""
-    return max(state.source_hwm, state.transcoded_hwm, *state.failures)
+    newest: int = max(state.source_hwm, state.transcoded_hwm, *state.failures[0::3])
+    return newest
+
+
+def failure_items(state: SessionState) -> dict[int, tuple[int, str]]:
+    """seqNo -> (ts, error) of the remembered failures, in the order first failed."""
+    it = iter(state.failures)
+    return {s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)}
+
+
+def _flat_failures(failures: dict[int, tuple[int, str]]) -> tuple[Any, ...]:
+    return tuple(x for s, (ts, error) in failures.items() for x in (s, ts, error))
 
 
 def recent_failures(state: SessionState) -> dict[int, tuple[int, str]]:
@@ -457,25 +471,30 @@ def recent_failures(state: SessionState) -> dict[int, tuple[int, str]]:
     if not state.failures:
         return {}
     oldest = _newest_seq_no(state) - RECENT_SEGMENTS
-    return {s: f for s, f in state.failures.items() if s > oldest}
+    return {s: f for s, f in failure_items(state).items() if s > oldest}
 
 
 def _prune_failures(state: SessionState) -> None:
-    failures = state.failures
-    if not failures:
+    if not state.failures:
         return
     oldest = _newest_seq_no(state) - RECENT_SEGMENTS
-    if min(failures) <= oldest:  # usually nothing to drop: skip building the list
-        for seq_no in [s for s in failures if s <= oldest]:
-            del failures[seq_no]
+    if min(state.failures[0::3]) <= oldest:  # usually nothing to drop
+        state.failures = _flat_failures(
+            {s: f for s, f in failure_items(state).items() if s > oldest}
+        )
 
 
 def _fold_failed(state: SessionState, event: SegmentFailed) -> None:
     if _is_transcoded(state, event.seq_no):
         return  # a success for this seqNo already counts; the failure is history
-    previous = state.failures.get(event.seq_no)
-    if previous is None or (event.timestamp, event.error) > previous:
-        state.failures[event.seq_no] = (event.timestamp, event.error)
+    seq_no = event.seq_no
+    if seq_no not in state.failures[0::3]:
+        state.failures += (seq_no, event.timestamp, event.error)
+    else:
+        failures = failure_items(state)
+        if (event.timestamp, event.error) > failures[seq_no]:
+            failures[seq_no] = (event.timestamp, event.error)
+            state.failures = _flat_failures(failures)
     _prune_failures(state)
 
 

@@ -45,6 +45,7 @@ from worker.changelog import (
 from worker.session import build_session, encode_session
 from worker.state import (
     SessionState,
+    failure_items,
     meta_items,
     new_session,
     recent_duration_items,
@@ -85,7 +86,7 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
             "outgoingWindow": window_entries(state.outgoing_window),
             "recentDurations": list(recent_duration_items(state).items()),
             "recentTranscodes": [[s, r, n] for s, (r, n) in recent_transcode_items(state).items()],
-            "failures": [[s, ts, err] for s, (ts, err) in state.failures.items()],
+            "failures": [[s, ts, err] for s, (ts, err) in failure_items(state).items()],
             "meta": meta_items(state),
             "recording": state.recording,
             "endedAt": state.ended_at,

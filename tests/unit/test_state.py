@@ -35,6 +35,7 @@ from worker.events import MAX_JSON_INT
 from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS, Rules
 from worker.state import (
     expire_windows,
+    failure_items,
     fold,
     meta_items,
     new_session,
@@ -131,21 +132,21 @@ def test_transcoded_before_its_ingested() -> None:
 def test_failure_does_not_count_and_a_later_success_does() -> None:
     state = fold_bodies([ingested(0), failed(0)])
     assert totals(state) == Totals(1, 0, 2.0, 0.0, 1_000_000, 0, seg_ts(0), seg_ts(0))
-    assert state.failures == {0: (seg_ts(0) + 400, "GPU ran out of memory")}
+    assert failure_items(state) == {0: (seg_ts(0) + 400, "GPU ran out of memory")}
     fold_bodies([transcoded(0, seg_ts(0) + 900)], state)
     assert totals(state) == Totals(1, 3, 2.0, 6.0, 1_000_000, 750_000, seg_ts(0), seg_ts(0))
-    assert state.failures == {}
+    assert failure_items(state) == {}
 
 
 def test_failure_after_a_success_is_history() -> None:
     state = fold_bodies([ingested(0), transcoded(0), failed(0, seg_ts(0) + 900)])
-    assert state.failures == {}
+    assert failure_items(state) == {}
     assert state.transcoded_segments == 3
 
 
 def test_newest_failure_of_a_seq_no_is_kept() -> None:
     state = fold_bodies([failed(0, T0 + 2, error="second"), failed(0, T0 + 1, error="first")])
-    assert state.failures == {0: (T0 + 2, "second")}
+    assert failure_items(state) == {0: (T0 + 2, "second")}
 
 
 def test_retry_adds_only_the_missing_renditions() -> None:
@@ -225,9 +226,9 @@ def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_old_failures_are_pruned_as_newer_segments_arrive() -> None:
     state = fold_bodies([failed(0), failed(8), ingested(9)])
-    assert set(state.failures) == {0, 8}  # both among the newest RECENT_SEGMENTS seqNos
+    assert set(failure_items(state)) == {0, 8}  # both among the newest RECENT_SEGMENTS seqNos
     fold_bodies([ingested(15)], state)
-    assert set(state.failures) == {8}
+    assert set(failure_items(state)) == {8}
 
 
 def test_profile_ladders_keep_only_the_fields_present() -> None:
@@ -533,7 +534,7 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
     assert state.source_bytes == SEGMENTS_100K * 1_000_000
     assert len(recent_duration_items(state)) == RECENT_SEGMENTS
     assert len(recent_transcode_items(state)) == RECENT_SEGMENTS
-    assert len(state.failures) <= RECENT_SEGMENTS
+    assert len(failure_items(state)) <= RECENT_SEGMENTS
     masks = rendition_mask_items(state)
     assert set(masks) == {"720p", "480p", "360p"}
     assert all(m.bit_length() <= DEDUPE_WINDOW for m in masks.values())
