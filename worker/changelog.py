@@ -24,6 +24,7 @@ from worker.state import (
     share_meta,
     share_recent_names,
     share_value,
+    transcodes_start,
 )
 
 FORMAT_VERSION: Final = 2
@@ -37,16 +38,17 @@ def _pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
 
 
 def _durations(state: SessionState) -> list[tuple[int, float]]:
-    it = iter(state.recent_durations)
+    it = iter(state.recent[: transcodes_start(state)])
     return [(int(seq_no), duration) for seq_no, duration in zip(it, it, strict=True)]
 
 
 def _transcode_seqs(state: SessionState) -> list[int]:
-    return [int(seq_no) for seq_no in state.recent_transcodes[0::2]]
+    return [int(seq_no) for seq_no in state.recent[transcodes_start(state) :: 2]]
 
 
 def _ratios(state: SessionState) -> list[float | None]:
-    return [None if r == NO_RATIO else r for r in state.recent_transcodes[1::2]]
+    start = transcodes_start(state)
+    return [None if r == NO_RATIO else r for r in state.recent[start + 1 :: 2]]
 
 
 def _flat_window(entries: list[list[int]]) -> array[int]:
@@ -239,8 +241,7 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         rendition_masks=_flat_masks(masks),
         ingest_window=_flat_window(ingest),
         outgoing_window=_flat_window(outgoing),
-        recent_durations=_flat_durations(durations),
-        recent_transcodes=recent_transcodes,
+        recent=_flat_durations(durations) + recent_transcodes,
         recent_names=recent_names,
         failures=_flat_failures({s: (ts, e) for s, ts, e in zip(it, it, it, strict=True)}),
         meta=_meta_from(meta),
@@ -316,8 +317,7 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         rendition_masks=_flat_masks({n: int(m, 16) for n, m in body["transcoded"][1].items()}),
         ingest_window=_flat_window(body["ingestWindow"]),
         outgoing_window=_flat_window(body["outgoingWindow"]),
-        recent_durations=_flat_durations(body["recentDurations"]),
-        recent_transcodes=recent_transcodes,
+        recent=_flat_durations(body["recentDurations"]) + recent_transcodes,
         recent_names=recent_names,
         failures=_flat_failures({s: (ts, err) for s, ts, err in body["failures"]}),
         meta=_meta_from(body["meta"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from worker.rules import Rules
-from worker.state import NO_RATIO, SessionState, recent_failures
+from worker.state import NO_RATIO, SessionState, recent_failures, transcodes_start
 
 
 def is_active(state: SessionState) -> bool:
@@ -21,8 +21,8 @@ def _median(values: list[float]) -> float:
 
 
 def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
-    durations = state.recent_durations
-    typical_ms = _median(durations[1::2].tolist()) * 1000 if durations else 0.0
+    start = transcodes_start(state)
+    typical_ms = _median(state.recent[1:start:2].tolist()) * 1000 if start else 0.0
     return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
 
 
@@ -124,8 +124,8 @@ def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str]
         issue = _failure_issue(state)
         if issue is not None:
             issues.append(issue)
-    if state.recent_transcodes:
-        issue = _slow_issue(state.recent_transcodes[1::2].tolist(), rules)
+    if state.recent_names:  # one per recent transcode
+        issue = _slow_issue(state.recent[transcodes_start(state) + 1 :: 2].tolist(), rules)
         if issue is not None:
             issues.append(issue)
     issue = _lag_issue(state, rules)

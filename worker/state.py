@@ -33,7 +33,8 @@ WINDOW_BITS: Final = (1 << DEDUPE_WINDOW) - 1
 MICROS: Final = 1_000_000
 """Durations are summed as integer microseconds so totals do not depend on event order."""
 NO_RATIO: Final = -1.0
-"""A transcode without a transcodeTime in `recent_transcodes` (real ratios are >= 0)."""
+"""A transcode without a transcodeTime in `SessionState.recent` (real ratios are >= 0)."""
+_FULL_RECENT: Final = 4 * RECENT_SEGMENTS
 
 _META_FIELDS: Final = (
     "name",
@@ -190,13 +191,13 @@ class SessionState:
     ingest_window: array[int] = field(default_factory=lambda: array("q"))
     """Rate entries, flat: [ts, size, ts, size, ...] (packed: a fifth of tuples' memory)."""
     outgoing_window: array[int] = field(default_factory=lambda: array("q"))
-    recent_durations: array[float] = field(default_factory=lambda: array("d"))
-    """The newest RECENT_SEGMENTS source segments, flat: [seqNo, duration, ...] in arrival
-    order. SeqNos are at most 2**53 - 1 (events.MAX_JSON_INT): exact as float64."""
-    recent_transcodes: array[float] = field(default_factory=lambda: array("d"))
-    """The newest RECENT_SEGMENTS transcoded seqNos, flat: [seqNo, ratio or NO_RATIO, ...]."""
+    recent: array[float] = field(default_factory=lambda: array("d"))
+    """The newest RECENT_SEGMENTS source segments, then the newest RECENT_SEGMENTS transcoded
+    seqNos, flat: [seqNo, duration, ..., seqNo, ratio or NO_RATIO, ...], each part in arrival
+    order; the transcodes are the last 2 * len(recent_names) numbers (one array, one header).
+    SeqNos are at most 2**53 - 1 (events.MAX_JSON_INT): exact as float64."""
     recent_names: tuple[tuple[str, ...], ...] = ()
-    """The (shared) rendition names of each `recent_transcodes` entry, in the same order.
+    """The (shared) rendition names of each recent transcode, in the same order.
     Immutable: when every entry has the same names (the usual case), sessions share it."""
     failures: tuple[Any, ...] = ()
     """Flat (seqNo, ts, error, ...) in the order first failed; empty (shared) in most."""
@@ -232,12 +233,19 @@ def window_entries(window: array[int]) -> list[tuple[int, int]]:
 
 def recent_duration_items(state: SessionState) -> dict[int, float]:
     """seqNo -> duration of the newest source segments, in arrival order."""
-    return {int(seq_no): duration for seq_no, duration in _pairs(state.recent_durations)}
+    durations = state.recent[: transcodes_start(state)]
+    return {int(seq_no): duration for seq_no, duration in _pairs(durations)}
+
+
+def transcodes_start(state: SessionState) -> int:
+    """Where the transcodes begin in `state.recent`."""
+    return len(state.recent) - 2 * len(state.recent_names)
 
 
 def recent_transcode_items(state: SessionState) -> dict[int, tuple[float | None, tuple[str, ...]]]:
     """seqNo -> (transcode ratio or None, rendition names) of the newest transcoded seqNos."""
-    seqs, ratios = state.recent_transcodes[0::2], state.recent_transcodes[1::2]
+    start = transcodes_start(state)
+    seqs, ratios = state.recent[start::2], state.recent[start + 1 :: 2]
     return {
         int(s): (None if r == NO_RATIO else r, names)
         for s, r, names in zip(seqs, ratios, state.recent_names, strict=True)
@@ -259,14 +267,6 @@ def share_recent_names(entries: tuple[tuple[str, ...], ...]) -> tuple[tuple[str,
             _uniform_names.clear()
         found = _uniform_names[key] = entries
     return found
-
-
-def _oldest_to_drop(recent: array[float], seq_no: int) -> int | None:
-    """Where the smallest seqNo of a full flat [seqNo, value, ...] array is, or None when
-    `seq_no` itself is smaller: a dict would insert it, then delete it as the oldest."""
-    seqs = recent[0::2]
-    oldest = min(seqs)
-    return None if seq_no < oldest else seqs.index(oldest)
 
 
 def _trim_window(window: array[int]) -> None:
@@ -317,18 +317,21 @@ def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
     if len(window) > 2 * MAX_RATE_ENTRIES:
         _trim_window(window)
     # A seqNo is never appended twice: its bit stays set for as long as it is not late.
-    recent = state.recent_durations
-    if len(recent) < 2 * RECENT_SEGMENTS:
-        recent.append(seq_no)
-        recent.append(event.duration)
-        if len(recent) == 2 * RECENT_SEGMENTS:
-            state.recent_durations = recent[:]  # exact size: it stays full
+    recent = state.recent
+    start = len(recent) - 2 * len(state.recent_names)  # of the transcodes
+    if start < 2 * RECENT_SEGMENTS:
+        recent.insert(start, event.duration)
+        recent.insert(start, seq_no)
+        if len(recent) == _FULL_RECENT:
+            state.recent = recent[:]  # exact size: it stays full
     else:
-        index = _oldest_to_drop(recent, seq_no)
-        if index is not None:
-            del recent[2 * index : 2 * index + 2]  # first: the array never grows
-            recent.append(seq_no)
-            recent.append(event.duration)
+        seqs = recent[0:start:2]
+        oldest = min(seqs)
+        if seq_no > oldest:  # else a dict would insert it, then delete it as the oldest
+            index = 2 * seqs.index(oldest)
+            del recent[index : index + 2]  # first: the array never grows
+            recent.insert(start - 2, event.duration)
+            recent.insert(start - 2, seq_no)
     if state.failures:
         _prune_failures(state)
 
@@ -414,9 +417,10 @@ def _remember_transcode(
     state: SessionState, seq_no: int, ratio: float, names: tuple[str, ...]
 ) -> None:
     """Record (ratio, names) for `seq_no` among the newest RECENT_SEGMENTS transcodes."""
-    recent = state.recent_transcodes
+    recent = state.recent
     recent_names = state.recent_names
-    seqs = recent[0::2]
+    start = len(recent) - 2 * len(recent_names)
+    seqs = recent[start::2]
     if seq_no in seqs:
         index = seqs.index(seq_no)
         # A retry may deliver renditions the first attempt lacked: remember their union.
@@ -427,19 +431,20 @@ def _remember_transcode(
                 (*recent_names[:index], union, *recent_names[index + 1 :])
             )
         if ratio != NO_RATIO:
-            recent[2 * index + 1] = ratio
+            recent[start + 2 * index + 1] = ratio
         return
     if len(recent_names) < RECENT_SEGMENTS:
         recent.append(seq_no)
         recent.append(ratio)
-        if len(recent) == 2 * RECENT_SEGMENTS:
-            state.recent_transcodes = recent[:]  # exact size: it stays full
+        if len(recent) == _FULL_RECENT:
+            state.recent = recent[:]  # exact size: it stays full
         state.recent_names = share_recent_names((*recent_names, names))
         return
-    oldest = _oldest_to_drop(recent, seq_no)
-    if oldest is None:
-        return
-    del recent[2 * oldest : 2 * oldest + 2]  # first: the array never grows
+    oldest_seq_no = min(seqs)
+    if seq_no < oldest_seq_no:
+        return  # a dict would insert it, then delete it as the oldest
+    oldest = seqs.index(oldest_seq_no)
+    del recent[start + 2 * oldest : start + 2 * oldest + 2]  # first: the array never grows
     recent.append(seq_no)
     recent.append(ratio)
     if recent_names.count(names) != RECENT_SEGMENTS:  # else all are `names`: unchanged

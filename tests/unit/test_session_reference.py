@@ -76,7 +76,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
     if state.source_hwm >= 0 and behind > rules.max_transcode_lag_segments:
         found.append(f"Transcoding is {behind} segments behind ingest")
     configured = meta_items(state).get("profiles")
-    if configured is not None and configured[1] and state.recent_transcodes:
+    if configured is not None and configured[1] and recent_transcode_items(state):
         expected = {p["name"] for p in configured[1]}
         missing: set[str] = set()
         for _, names in recent_transcode_items(state).values():
