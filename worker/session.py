@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from operator import attrgetter
 from typing import Any, Final, Literal
 
@@ -83,10 +84,12 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     start = now_ms - window_ms
     window_s = window_ms / 1000
     # window_bytes (state.py) inlined: a list comprehension sums faster than a generator.
-    it = iter(state.ingest_window)
-    ingest = sum([size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms])
-    it = iter(state.outgoing_window)
-    outgoing = sum([size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms])
+    rates = state.rates
+    it = iter(rates)
+    pairs = zip(it, it, strict=True)  # the ingest entries, then the outgoing ones
+    ingest_entries = len(rates) // 2 - state.outgoing_entries
+    ingest = sum([size for ts, size in islice(pairs, ingest_entries) if start < ts <= now_ms])
+    outgoing = sum([size for ts, size in pairs if start < ts <= now_ms])
     session["sourceSegments"] = state.source_segments
     session["transcodedSegments"] = state.transcoded_segments
     session["sourceSegmentsDuration"] = state.source_duration_us / MICROS

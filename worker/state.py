@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
@@ -188,9 +189,11 @@ class SessionState:
     transcoded_hwm: int = -1
     rendition_masks: tuple[Any, ...] = ()
     """Flat (name, mask, name, mask, ...), names in the order first set: half a dict."""
-    ingest_window: array[int] = field(default_factory=lambda: array("q"))
-    """Rate entries, flat: [ts, size, ts, size, ...] (packed: a fifth of tuples' memory)."""
-    outgoing_window: array[int] = field(default_factory=lambda: array("q"))
+    rates: array[int] = field(default_factory=lambda: array("q"))
+    """Rate entries, flat: the ingest window's [ts, size, ...], then the outgoing window's
+    (its last 2 * outgoing_entries numbers); each in arrival order. Packed: a fifth of the
+    memory of (ts, size) tuples. `ingest_window` / `outgoing_window` give each part."""
+    outgoing_entries: int = 0
     recent: array[float] = field(default_factory=lambda: array("d"))
     """The newest RECENT_SEGMENTS source segments, then the newest RECENT_SEGMENTS transcoded
     seqNos, flat: [seqNo, duration, ..., seqNo, ratio or NO_RATIO, ...], each part in arrival
@@ -269,11 +272,21 @@ def share_recent_names(entries: tuple[tuple[str, ...], ...]) -> tuple[tuple[str,
     return found
 
 
-def _trim_window(window: array[int]) -> None:
-    """Keep the newest MAX_RATE_ENTRIES entries (callers append, then check the length)."""
+def _trimmed(window: array[int]) -> array[int]:
+    """The newest MAX_RATE_ENTRIES entries, sorted (callers append, then check the length)."""
     pairs = sorted(_pairs(window))
     del pairs[: len(pairs) - MAX_RATE_ENTRIES]
-    window[:] = array("q", [x for pair in pairs for x in pair])
+    return array("q", [x for pair in pairs for x in pair])
+
+
+def ingest_window(state: SessionState) -> array[int]:
+    """The ingest rate entries, flat [ts, size, ...] (a copy)."""
+    return state.rates[: len(state.rates) - 2 * state.outgoing_entries]
+
+
+def outgoing_window(state: SessionState) -> array[int]:
+    """The outgoing rate entries, flat [ts, size, ...] (a copy)."""
+    return state.rates[len(state.rates) - 2 * state.outgoing_entries :]
 
 
 def _is_transcoded(state: SessionState, seq_no: int) -> bool:
@@ -311,11 +324,12 @@ def _fold_ingested(state: SessionState, event: SegmentIngested) -> None:
     state.source_duration_us += round(event.duration * MICROS)
     size = event.bytes
     state.source_bytes += size
-    window = state.ingest_window
-    window.append(timestamp)
-    window.append(size)
-    if len(window) > 2 * MAX_RATE_ENTRIES:
-        _trim_window(window)
+    rates = state.rates
+    start = len(rates) - 2 * state.outgoing_entries  # of the outgoing entries
+    rates.insert(start, size)
+    rates.insert(start, timestamp)
+    if start >= 2 * MAX_RATE_ENTRIES:  # now one entry too many
+        state.rates = _trimmed(rates[: start + 2]) + rates[start + 2 :]
     # A seqNo is never appended twice: its bit stays set for as long as it is not late.
     recent = state.recent
     start = len(recent) - 2 * len(state.recent_names)  # of the transcodes
@@ -395,11 +409,14 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
         state.transcoded_duration_us += added * round(event.duration * MICROS)
         state.transcoded_bytes += added_bytes
         if added_bytes:
-            window = state.outgoing_window
-            window.append(event.timestamp)
-            window.append(added_bytes)
-            if len(window) > 2 * MAX_RATE_ENTRIES:
-                _trim_window(window)
+            rates = state.rates
+            rates.append(event.timestamp)
+            rates.append(added_bytes)
+            state.outgoing_entries += 1
+            if state.outgoing_entries > MAX_RATE_ENTRIES:
+                start = len(rates) - 2 * state.outgoing_entries
+                state.rates = rates[:start] + _trimmed(rates[start:])
+                state.outgoing_entries = MAX_RATE_ENTRIES
     if state.failures and seq_no in state.failures[0::3]:
         state.failures = _flat_failures(
             {s: f for s, f in failure_items(state).items() if s != seq_no}
@@ -580,18 +597,16 @@ def window_bytes(window: array[int], now_ms: int, window_ms: int) -> int:
     return sum(size for ts, size in zip(it, it, strict=True) if start < ts <= now_ms)
 
 
-def _unexpired(window: array[int], start: int) -> array[int]:
-    it = iter(window)
-    return array("q", [x for e in zip(it, it, strict=True) if e[0] > start for x in e])
-
-
 def expire_windows(state: SessionState, now_ms: int, window_ms: int) -> None:
     """Drop rate entries that can never count again for any later `now` (into new arrays
     of the exact size: appending grows an array with room to spare)."""
     start = now_ms - window_ms
-    window = state.ingest_window
-    if window and min(window[0::2]) <= start:
-        state.ingest_window = _unexpired(window, start)
-    window = state.outgoing_window
-    if window and min(window[0::2]) <= start:
-        state.outgoing_window = _unexpired(window, start)
+    rates = state.rates
+    if rates and min(rates[0::2]) <= start:
+        it = iter(rates)
+        pairs = zip(it, it, strict=True)
+        ingest_entries = (len(rates) - 2 * state.outgoing_entries) // 2
+        kept = [x for e in islice(pairs, ingest_entries) if e[0] > start for x in e]
+        outgoing = [x for e in pairs if e[0] > start for x in e]
+        state.rates = array("q", kept + outgoing)
+        state.outgoing_entries = len(outgoing) // 2

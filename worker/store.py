@@ -164,7 +164,7 @@ class SessionStore:
             payload = encode_session(session)
             state.exported = exported_values(session)
             digest = hash(payload)
-            if state.ended_at is not None and not (state.ingest_window or state.outgoing_window):
+            if state.ended_at is not None and not state.rates:
                 settled.add(session_id)  # from the next tick on: what it shows now is final
             if digest != state.published_hash:
                 state.published_hash = digest

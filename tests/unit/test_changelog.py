@@ -46,8 +46,10 @@ from worker.session import build_session, encode_session
 from worker.state import (
     SessionState,
     failure_items,
+    ingest_window,
     meta_items,
     new_session,
+    outgoing_window,
     recent_duration_items,
     recent_transcode_items,
     rendition_mask_items,
@@ -82,8 +84,8 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
                 state.transcoded_hwm,
                 {name: format(mask, "x") for name, mask in rendition_mask_items(state).items()},
             ],
-            "ingestWindow": window_entries(state.ingest_window),
-            "outgoingWindow": window_entries(state.outgoing_window),
+            "ingestWindow": window_entries(ingest_window(state)),
+            "outgoingWindow": window_entries(outgoing_window(state)),
             "recentDurations": list(recent_duration_items(state).items()),
             "recentTranscodes": [[s, r, n] for s, (r, n) in recent_transcode_items(state).items()],
             "failures": [[s, ts, err] for s, (ts, err) in failure_items(state).items()],
@@ -145,7 +147,7 @@ def test_round_trip_equals_the_original_state(encode: Encoder) -> None:
     assert state.failures
     assert state.meta
     assert state.recording
-    assert state.ingest_window
+    assert ingest_window(state)
     assert len(rendition_mask_items(state)) == 3
     assert any(r is not None for r, _ in recent_transcode_items(state).values())
     entry = round_trip(state, encode=encode)

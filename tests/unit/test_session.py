@@ -31,7 +31,7 @@ from tests.unit.builders import (
 )
 from worker.rules import Rules
 from worker.session import Session, encode_session
-from worker.state import SessionState, window_entries
+from worker.state import SessionState, ingest_window, outgoing_window, window_entries
 from worker.store import SessionStore
 
 SPEC_EXAMPLE: Json = {
@@ -321,8 +321,8 @@ def test_rates_decay_to_exactly_zero_after_the_stream_stops() -> None:
     assert rates[0] == (500, 500_000.0)
     assert rates[-1] == (10_500, 0.0)
     assert [r for _, r in rates] == sorted((r for _, r in rates), reverse=True)
-    assert window_entries(store.live[SID].ingest_window) == []
-    assert window_entries(store.live[SID].outgoing_window) == []
+    assert window_entries(ingest_window(store.live[SID])) == []
+    assert window_entries(outgoing_window(store.live[SID])) == []
     assert store.tick(last + 60_000).snapshots[0].session["ingestRate"] == 0.0  # stall issue
     assert store.tick(last + 60_000).snapshots == []
 

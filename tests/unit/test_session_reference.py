@@ -33,7 +33,9 @@ from worker.session import build_session, encode_session
 from worker.state import (
     MICROS,
     SessionState,
+    ingest_window,
     meta_items,
+    outgoing_window,
     recent_duration_items,
     recent_failures,
     recent_transcode_items,
@@ -115,8 +117,8 @@ def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[st
         transcodedSegmentsDuration=state.transcoded_duration_us / MICROS,
         sourceBytes=state.source_bytes,
         transcodedBytes=state.transcoded_bytes,
-        ingestRate=window_bytes(state.ingest_window, now_ms, rules.rate_window_ms) / window_s,
-        outgoingRate=window_bytes(state.outgoing_window, now_ms, rules.rate_window_ms) / window_s,
+        ingestRate=window_bytes(ingest_window(state), now_ms, rules.rate_window_ms) / window_s,
+        outgoingRate=window_bytes(outgoing_window(state), now_ms, rules.rate_window_ms) / window_s,
         isHealthy=None if issues is None else not issues,
     )
     if issues is not None:

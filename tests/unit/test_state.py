@@ -37,8 +37,10 @@ from worker.state import (
     expire_windows,
     failure_items,
     fold,
+    ingest_window,
     meta_items,
     new_session,
+    outgoing_window,
     recent_duration_items,
     recent_transcode_items,
     rendition_mask_items,
@@ -482,15 +484,18 @@ def test_window_bytes_counts_the_half_open_interval() -> None:
 def test_expire_windows_drops_only_entries_that_can_never_count_again() -> None:
     state = fold_bodies([ingested(n, T0 + n * 1000) for n in range(5)])
     expire_windows(state, T0 + 12_000, 10_000)  # window start T0 + 2000 is excluded
-    assert window_entries(state.ingest_window) == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
+    assert window_entries(ingest_window(state)) == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
     assert state.source_bytes == 5_000_000
 
 
 def test_rate_windows_are_capped() -> None:
     state = fold_bodies([ingested(n, T0 + n) for n in range(MAX_RATE_ENTRIES + 50)])
-    assert len(window_entries(state.ingest_window)) == MAX_RATE_ENTRIES
-    assert window_entries(state.ingest_window)[0] == (T0 + 50, 1_000_000)  # the oldest were dropped
-    assert window_entries(state.ingest_window)[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
+    assert len(window_entries(ingest_window(state))) == MAX_RATE_ENTRIES
+    assert window_entries(ingest_window(state))[0] == (
+        T0 + 50,
+        1_000_000,
+    )  # the oldest were dropped
+    assert window_entries(ingest_window(state))[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
 
 
 # ------------------------------------------------------------------------- memory bound
@@ -524,8 +529,8 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
         if seq_no % 500 == 0:
             store.tick(at + 700)  # the runner ticks every second; often enough here
             largest_record = max(largest_record, len(encode_state(state, None, seq_no)))
-        assert len(window_entries(state.ingest_window)) <= MAX_RATE_ENTRIES
-        assert len(window_entries(state.outgoing_window)) <= MAX_RATE_ENTRIES
+        assert len(window_entries(ingest_window(state))) <= MAX_RATE_ENTRIES
+        assert len(window_entries(outgoing_window(state))) <= MAX_RATE_ENTRIES
     store.tick(seg_ts(SEGMENTS_100K - 1) + 700)
 
     failed_unretried = len([s for s in range(0, SEGMENTS_100K, 997) if s % 2 == 1])
@@ -539,8 +544,8 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
     assert set(masks) == {"720p", "480p", "360p"}
     assert all(m.bit_length() <= DEDUPE_WINDOW for m in masks.values())
     assert state.source_mask.bit_length() <= DEDUPE_WINDOW
-    assert len(window_entries(state.ingest_window)) <= 6  # 10 s of 2 s segments
-    assert len(window_entries(state.outgoing_window)) <= 6
+    assert len(window_entries(ingest_window(state))) <= 6  # 10 s of 2 s segments
+    assert len(window_entries(outgoing_window(state))) <= 6
     assert set(meta_items(state)) == {"name", "record", "profiles"}
     largest_record = max(largest_record, len(encode_state(state, None, SEGMENTS_100K)))
     assert largest_record < CHANGELOG_BOUND
@@ -555,6 +560,6 @@ def test_a_flood_without_ticks_is_still_bounded() -> None:
         update = {"seq_no": seq_no, "timestamp": T0 + seq_no}
         fold(state, ingested_template.model_copy(update=update))
         fold(state, transcoded_template.model_copy(update=update))
-    assert len(window_entries(state.ingest_window)) == MAX_RATE_ENTRIES
-    assert len(window_entries(state.outgoing_window)) == MAX_RATE_ENTRIES
+    assert len(window_entries(ingest_window(state))) == MAX_RATE_ENTRIES
+    assert len(window_entries(outgoing_window(state))) == MAX_RATE_ENTRIES
     assert len(encode_state(state, None, 0)) < FLOOD_CHANGELOG_BOUND
