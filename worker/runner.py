@@ -302,13 +302,7 @@ class Runner:
         """Tick every session and move what is due into an outbox (no I/O): the changed
         snapshots, and for a checkpoint also every pending changelog record and tombstone,
         the dead letters and the input offsets (finishing any round in progress)."""
-        now_ms = self.clock_ms()
-        self.last_tick_ms = now_ms
-        result = self.store.tick(now_ms)
-        self._slot_ticked = [time.monotonic()] * self.publish_slices
-        pending, self._first_pending_ms = self._first_pending_ms, {}
-        self._remember(result)
-        outbox = self._add_snapshots(self._take_retry(), result)
+        result, pending, outbox = self._publish(None)
         if not commits:
             return _Checkpoint(outbox, result, pending, commits=False)
         if self._round is not None:
@@ -322,18 +316,7 @@ class Runner:
     def _prepare_slice(self, slot: int) -> _Checkpoint:
         """Tick the sessions of `slot`; their changed snapshots go out, and during a round
         their changelog records too (and the round's checkpoint with its last slice)."""
-        now_ms = self.clock_ms()
-        self.last_tick_ms = now_ms
-        result = self.store.tick(now_ms, slot, self.publish_slices)
-        self._slot_ticked[slot] = time.monotonic()
-        waiting = self._first_pending_ms
-        pending = {
-            s.session_id: ms
-            for s in result.snapshots
-            if (ms := waiting.pop(s.session_id, None)) is not None
-        }
-        self._remember(result)
-        outbox = self._add_snapshots(self._take_retry(), result)
+        result, pending, outbox = self._publish(slot)
         round_ = self._round
         if round_ is None:
             return _Checkpoint(outbox, result, pending, commits=False)
@@ -344,6 +327,28 @@ class Runner:
         self._round = None
         self._add_tombstones(outbox)
         return _Checkpoint(outbox.then(round_.captured), result, pending, commits=True)
+
+    def _publish(self, slot: int | None) -> tuple[TickResult, dict[str, int], Outbox]:
+        """Tick one slot (None: every session) and start an outbox with its changed
+        snapshots, after any failed write's records; note the changelog records now owed.
+        Also returns the first-event times of the sessions published (for the latency)."""
+        now_ms = self.clock_ms()
+        self.last_tick_ms = now_ms
+        if slot is None:
+            result = self.store.tick(now_ms)
+            self._slot_ticked = [time.monotonic()] * self.publish_slices
+            pending, self._first_pending_ms = self._first_pending_ms, {}
+        else:
+            result = self.store.tick(now_ms, slot, self.publish_slices)
+            self._slot_ticked[slot] = time.monotonic()
+            waiting = self._first_pending_ms
+            pending = {
+                s.session_id: ms
+                for s in result.snapshots
+                if (ms := waiting.pop(s.session_id, None)) is not None
+            }
+        self._remember(result)
+        return result, pending, self._add_snapshots(self._take_retry(), result)
 
     def _begin_round(self) -> None:
         """Capture the dead letters and offsets the round's last slice will commit."""
