@@ -46,8 +46,10 @@ class CheckpointTimings(NamedTuple):
     commit_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: one is built per snapshot, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) costs three times as much."""
+
     topic: str
     key: bytes | None
     value: bytes | None

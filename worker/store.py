@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.events import Event
 from worker.health import is_active
@@ -18,8 +18,9 @@ from worker.session import build_session, encode_session
 from worker.state import ExportedValues, SessionState, expire_windows, fold, new_session
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
+    """One per refreshed session: a NamedTuple is cheaper to build than a frozen dataclass."""
+
     session_id: str
     partition: int
     session: dict[str, Any]
@@ -63,6 +64,10 @@ class SessionStore:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self.live: dict[str, SessionState] = {}
+        """Read-only outside the store: it keeps `_members` in step with it."""
+        self._members: list[dict[str, SessionState]] = []
+        """The live sessions by slot, for the slot count last ticked with (built on the first
+        tick with slots): a slice's tick visits its own slot, not every session."""
         self.evicted: dict[str, tuple[SessionState, int]] = {}
         self._dirty: set[str] = set()
         self._settled: set[str] = set()
@@ -89,7 +94,7 @@ class SessionStore:
             else:
                 state = new_session(session_id, partition, event.timestamp)
             state.partition = partition
-            self.live[session_id] = state
+            self._add_live(state)
         late_before = state.late_segments
         fold(state, event)
         self.late_segments += state.late_segments - late_before
@@ -100,7 +105,7 @@ class SessionStore:
     def restore(self, state: SessionState, evicted_at: int | None) -> None:
         """Adopt a state read back from the changelog; it is republished on the next tick."""
         if evicted_at is None:
-            self.live[state.session_id] = state
+            self._add_live(state)
             state.published_hash = None
             self._settled.discard(state.session_id)
         else:
@@ -111,7 +116,7 @@ class SessionStore:
         gone = set(partitions)
         dropped = [sid for sid, s in self.live.items() if s.partition in gone]
         for sid in dropped:
-            del self.live[sid]
+            self._remove_live(sid)
             self._dirty.discard(sid)
             self._settled.discard(sid)
         for sid in [sid for sid, (s, _) in self.evicted.items() if s.partition in gone]:
@@ -122,11 +127,28 @@ class SessionStore:
         wanted = set(partitions)
         return (s for s in self.live.values() if s.partition in wanted)
 
+    def _add_live(self, state: SessionState) -> None:
+        self.live[state.session_id] = state
+        if self._members:
+            self._members[slot_of(state.session_id, len(self._members))][state.session_id] = state
+
+    def _remove_live(self, session_id: str) -> None:
+        del self.live[session_id]
+        if self._members:
+            self._members[slot_of(session_id, len(self._members))].pop(session_id, None)
+
+    def _slot_members(self, slot: int, slots: int) -> dict[str, SessionState]:
+        if len(self._members) != slots:
+            self._members = [{} for _ in range(slots)]
+            for session_id, state in self.live.items():
+                self._members[slot_of(session_id, slots)][session_id] = state
+        return self._members[slot]
+
     def _evict(self, state: SessionState, now_ms: int, result: TickResult) -> None:
         """Out of memory and metrics; kept in the archive (and changelog) until its TTL."""
         session_id = state.session_id
         self._settled.discard(session_id)
-        del self.live[session_id]
+        self._remove_live(session_id)
         self.evicted[session_id] = (state, now_ms)
         result.evicted.append(state)
         result.changed.append(state)
@@ -143,9 +165,10 @@ class SessionStore:
             changed_ids, self._dirty = self._dirty, set()
             due = list(self.live.items())
         else:
-            changed_ids = {sid for sid in self._dirty if slot_of(sid, slots) == slot}
+            members = self._slot_members(slot, slots)
+            changed_ids = self._dirty.intersection(members)
             self._dirty -= changed_ids
-            due = [(sid, s) for sid, s in self.live.items() if slot_of(sid, slots) == slot]
+            due = list(members.items())
         settled = self._settled
         for session_id, state in due:
             if session_id in settled:

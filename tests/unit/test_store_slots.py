@@ -52,3 +52,41 @@ def test_a_round_of_slots_publishes_what_one_full_tick_publishes() -> None:
         assert sorted(by_slots.live) == sorted(at_once.live)
         assert sorted(by_slots.evicted) == sorted(at_once.evicted)
     assert by_slots.evicted, "the last round evicted the ended sessions"
+
+
+def refreshed_in_a_round(store: SessionStore, now: int) -> list[str]:
+    return sorted(
+        s.session_id for slot in range(SLOTS) for s in store.tick(now, slot, SLOTS).snapshots
+    )
+
+
+def test_slots_follow_sessions_that_arrive_leave_and_come_back() -> None:
+    store = filled(12)
+    now = seg_ts(3)
+    assert refreshed_in_a_round(store, now) == sorted(store.live)  # the slots are built now
+    for n in range(12, 16):  # new sessions, on partition 1
+        store.apply(decode(started(sid=f"sess-{n}")), 1)
+    assert refreshed_in_a_round(store, now + 1) == [f"sess-{n}" for n in range(12, 16)]
+    gone = [store.live[f"sess-{n}"] for n in range(12, 16)]
+    dropped = store.drop_partitions([1])
+    assert sorted(dropped) == [f"sess-{n}" for n in range(12, 16)]
+    kept = store.live["sess-1"]
+    for state in [*gone, kept]:
+        state.published_hash = None  # as if changed: a tick that visits it publishes it
+    assert refreshed_in_a_round(store, now + 2) == ["sess-1"], "dropped ones are not visited"
+    gone.append(store.live["sess-2"])
+    store.drop_partitions([0])
+    gone[-1].published_hash = None
+    assert refreshed_in_a_round(store, now + 3) == []
+    store.restore(kept, None)  # restored states are republished
+    assert refreshed_in_a_round(store, now + 4) == ["sess-1"]
+
+
+def test_a_changed_slot_count_rebuilds_the_slots() -> None:
+    store = filled(20)
+    now = seg_ts(3)
+    store.tick(now, 0, 2)
+    everyone = sorted(store.live)
+    for state in store.live.values():
+        state.published_hash = None
+    assert refreshed_in_a_round(store, now + 1) == everyone, f"{SLOTS} slots, each once"
