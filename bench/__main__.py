@@ -189,8 +189,9 @@ def table(results: dict[str, Any]) -> str:
             f"| p50 {lat['p50_ms']:,.0f} ms, p99 **{lat['p99_ms']:,.0f} ms**, "
             f"max {lat['max_ms']:,.0f} ms ({lat['events_measured']:,} events, "
             f"{lat['events_unpublished']:,} never published); checkpoint p50 "
-            f"{lat['checkpoint_p50_ms']:,.0f} ms, max {lat['checkpoint_max_ms']:,.0f} ms "
-            f"| p99 <= {lat['publish_interval_s'] * 1000 + 250:,.0f} ms |"
+            f"{lat['checkpoint_p50_ms']:,.0f} ms, max {lat['checkpoint_max_ms']:,.0f} ms; "
+            f"CPU: worker {lat['worker_cpu']:.0%}, load generator {lat['generator_cpu']:.0%} "
+            f"of a core | p99 <= {lat['publish_interval_s'] * 1000 + 250:,.0f} ms |"
         )
         peak = max((m for _, m in lat["rss_mib"]), default=0.0)
         rows.append(

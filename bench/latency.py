@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import statistics
 import sys
 import time
@@ -57,6 +58,10 @@ class LatencyResult:
     checkpoint_max_ms: float
     """How long checkpoints held up the consume loop: tick and encoding, plus waiting for the
     previous checkpoint's acks and commit (the writes themselves run in the background)."""
+    worker_cpu: float
+    """The worker's CPU time over the load, as a fraction of one core (1.0: one core busy)."""
+    generator_cpu: float
+    """The load generator's (a separate process) CPU time over its run, a fraction of a core."""
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, RSS MiB) samples of this process (the worker) over the run."""
 
@@ -109,6 +114,8 @@ async def measure(
             serving.result()
         await asyncio.sleep(0.05)
     started = time.monotonic()
+    cpu_started = resource.getrusage(resource.RUSAGE_SELF)
+    children_started = resource.getrusage(resource.RUSAGE_CHILDREN)
     samples: list[tuple[float, float]] = []
     sampler = asyncio.create_task(_sample_rss(samples, started))
     producer = await asyncio.create_subprocess_exec(
@@ -129,6 +136,11 @@ async def measure(
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await producer.communicate()
+    loaded_s = time.monotonic() - started
+    worker_cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - _cpu_seconds(cpu_started)
+    generator_cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_seconds(
+        children_started
+    )
     await asyncio.sleep(settings.publish_interval_s * 2 + 1)  # let the last events publish
     sampler.cancel()
     sessions_live = len(worker.store)
@@ -150,8 +162,14 @@ async def measure(
         events_unpublished=unpublished,
         checkpoint_p50_ms=percentile(checkpoints, 0.5),
         checkpoint_max_ms=checkpoints[-1] if checkpoints else float("nan"),
+        worker_cpu=worker_cpu / loaded_s,
+        generator_cpu=generator_cpu / loaded_s,
         rss_mib=samples,
     )
+
+
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def _time_checkpoints(worker: Worker) -> list[float]:
