@@ -39,6 +39,8 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT_S: Final = 15.0
 """Startup gives up on an unreachable broker after this long, with one clear error."""
+COMMITTED_TIMEOUT_S: Final = 10.0
+"""How long a rebalance waits for the committed offsets before restoring from the changelog."""
 DESCRIBE_SETTLE_S: Final = 5.0
 """How long a just-created topic may take to be described with its partitions."""
 
@@ -300,6 +302,21 @@ class KafkaSource:
             if fetched is not None and end is not None:
                 waiting += max(0, end - fetched)
         return waiting
+
+    async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        """The group's committed offset of each partition (None: never committed), asked of
+        the group coordinator; empty if it cannot tell in time (aiokafka retries retriable
+        errors without end), and the runner then restores from the changelog."""
+        wanted = [TopicPartition(self._topic, p) for p in partitions]
+        try:
+            offsets = await asyncio.wait_for(
+                asyncio.gather(*(self._consumer.committed(tp) for tp in wanted)),
+                COMMITTED_TIMEOUT_S,
+            )
+        except (KafkaError, TimeoutError) as error:
+            log.warning("committed offsets unavailable", extra={"error": str(error) or "timeout"})
+            return {}
+        return {tp.partition: offset for tp, offset in zip(wanted, offsets, strict=True)}
 
     async def lag(self) -> dict[int, int]:
         """Records between our position and the end, per assigned partition."""

@@ -126,6 +126,11 @@ class WorkerMetrics:
         self.restored_sessions = Counter(
             f"{p}_restored_sessions", "Sessions rebuilt from the changelog", registry=registry
         )
+        self.kept_sessions = Counter(
+            f"{p}_kept_sessions",
+            "Sessions kept in memory through a rebalance that gave their partition back",
+            registry=registry,
+        )
         self.last_progress = Gauge(
             f"{p}_last_progress_timestamp_seconds",
             "When the consume loop last moved",

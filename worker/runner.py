@@ -36,7 +36,7 @@ from worker.outbox import (
     dead_letter,
 )
 from worker.state import SessionState
-from worker.store import SessionStore, TickResult, slot_of
+from worker.store import PartitionSessions, SessionStore, TickResult, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ class Source(Protocol):
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]: ...
     def backlog(self) -> int:
         """Records known to wait after what was fetched, over the assigned partitions."""
+        ...
+
+    async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        """The group's committed offset of each partition, asked of the coordinator (None:
+        never committed); a partition it could not tell is left out."""
         ...
 
 
@@ -73,6 +78,15 @@ class _Checkpoint:
     """First folded event's Kafka timestamp per session published, since its last publish."""
     commits: bool
     """A checkpoint (changelog, dead letters, offsets), not only a publish of snapshots."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    """A revoked partition's sessions, kept until the rebalance ends: if the partition
+    comes back and its committed offset is still the one they match, they are current."""
+
+    committed: int | None
+    sessions: PartitionSessions
 
 
 @dataclass(slots=True)
@@ -157,6 +171,11 @@ class Runner:
         """Per changelog slot, the sessions changed since their last changelog record."""
         self._forgotten: dict[str, SessionState] = {}
         """Sessions past their TTL since the last checkpoint: their tombstones are due."""
+        self._committed: dict[int, int | None] = {}
+        """Per assigned partition, its committed offset as known here: read at assignment,
+        then set by each of our commits. The sessions match it after a checkpoint."""
+        self._parked: dict[int, _Parked] = {}
+        """Partitions revoked by the rebalance in progress, with their sessions."""
         self._first_pending_ms: dict[str, int] = {}
         self._late_reported = 0
         self._inflight: asyncio.Task[None] | None = None
@@ -422,6 +441,7 @@ class Runner:
             metrics.publish_latency.observe(timings.publish_s)
         if outbox.offsets:
             metrics.commit_latency.observe(timings.commit_s)
+            self._committed.update(outbox.offsets)
         written = Counter(r.topic for rs in outbox.records.values() for r in rs)
         metrics.snapshots.inc(written[self.topics.snapshots])
         metrics.changelog_records.inc(written[self.topics.changelog])
@@ -451,14 +471,23 @@ class Runner:
                 self.metrics.end_to_end_latency.observe(max(0, now_ms - produced_ms) / 1000)
 
     async def on_revoked(self, partitions: list[int]) -> None:
-        """Checkpoint everything owned, then forget the revoked partitions' sessions."""
+        """Checkpoint everything owned, then set the revoked partitions' sessions aside: the
+        eager protocol revokes every partition at each rebalance, and most come back."""
         async with self.lock:
             self.ready = False
             await self.checkpoint()
             self._outbox.drop_partitions(partitions)
+            checkpointed = self._retry is None
             if self._retry is not None:  # the checkpoint failed: the new owner redoes it
                 self._retry.drop_partitions(partitions)
-            dropped = self.store.drop_partitions(partitions)
+            taken = 0
+            for partition in partitions:
+                sessions = self.store.take_partitions([partition])
+                taken += len(sessions.live)
+                if checkpointed and partition in self._committed:
+                    # They match the offset committed: kept if it is unchanged on return.
+                    self._parked[partition] = _Parked(self._committed[partition], sessions)
+                self._committed.pop(partition, None)
             await self.sink.close_partitions(partitions)
             self.assigned = [p for p in self.assigned if p not in partitions]
             self.metrics.assigned.set(len(self.assigned))
@@ -467,20 +496,19 @@ class Runner:
                 with suppress(KeyError):
                     self.metrics.lag.remove(str(partition))
             if partitions:  # the first join revokes nothing: not worth a line
-                log.info(
-                    "partitions revoked",
-                    extra={"partitions": partitions, "sessions": len(dropped)},
-                )
+                log.info("partitions revoked", extra={"partitions": partitions, "sessions": taken})
 
     async def on_assigned(self, partitions: list[int]) -> None:
-        """Rebuild the sessions of newly assigned partitions from the changelog."""
+        """Take back the parked sessions of partitions nobody committed since they were
+        revoked; rebuild the other newly assigned partitions' sessions from the changelog."""
         async with self.lock:
             self.ready = False
             self.metrics.rebalances.inc()
             new = [p for p in partitions if p not in self.assigned]
             started = time.monotonic()
             await self.sink.open_partitions(new)
-            restored = await self.restore(new)
+            kept = await self._take_back(new)
+            restored = await self.restore([p for p in new if p not in kept])
             elapsed = time.monotonic() - started
             self.metrics.restore_duration.observe(elapsed)
             self.assigned = sorted(partitions)
@@ -492,9 +520,28 @@ class Runner:
                 extra={
                     "partitions": partitions,
                     "restored": restored,
+                    "kept": sum(kept.values()),
                     "restore_s": round(elapsed, 3),
                 },
             )
+
+    async def _take_back(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Adopt the parked sessions of each partition that came back with the committed
+        offset they match (nobody committed it since: they are current, no changelog read);
+        the rest are dropped. Returns the sessions kept per partition adopted."""
+        parked, self._parked = self._parked, {}
+        committed = await self.source.committed(partitions) if partitions else {}
+        self._committed.update(committed)
+        kept: dict[int, int] = {}
+        for partition in partitions:
+            entry = parked.get(partition)
+            if entry is None or partition not in committed:
+                continue
+            if committed[partition] == entry.committed:
+                self.store.adopt(entry.sessions)
+                kept[partition] = len(entry.sessions)
+        self.metrics.kept_sessions.inc(sum(kept.values()))
+        return kept
 
     async def restore(self, partitions: Sequence[int]) -> int:
         """Load the latest changelog state of every session of `partitions`."""

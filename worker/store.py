@@ -37,6 +37,18 @@ class TickResult:
     """Evicted sessions past their TTL: their changelog keys get tombstones."""
 
 
+@dataclass(slots=True)
+class PartitionSessions:
+    """The sessions of some partitions, taken out of the store (see `take_partitions`)."""
+
+    live: list[SessionState]
+    evicted: dict[str, tuple[SessionState, int]]
+    """Evicted sessions and when they were evicted."""
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.evicted)
+
+
 def slot_of(session_id: str, slots: int) -> int:
     """The slot a session is refreshed in (stable within a process; str hashes are cached)."""
     return hash(session_id) % slots
@@ -113,15 +125,30 @@ class SessionStore:
 
     def drop_partitions(self, partitions: Iterable[int]) -> list[str]:
         """Forget every session of the given partitions (after a revoke); return their ids."""
+        return [state.session_id for state in self.take_partitions(partitions).live]
+
+    def take_partitions(self, partitions: Iterable[int]) -> PartitionSessions:
+        """Remove the given partitions' sessions, live and evicted, and return them as they
+        are (published hashes included): `adopt` puts them back unchanged."""
         gone = set(partitions)
-        dropped = [sid for sid, s in self.live.items() if s.partition in gone]
-        for sid in dropped:
-            self._remove_live(sid)
-            self._dirty.discard(sid)
-            self._settled.discard(sid)
-        for sid in [sid for sid, (s, _) in self.evicted.items() if s.partition in gone]:
+        taken = PartitionSessions(
+            [s for s in self.live.values() if s.partition in gone],
+            {sid: entry for sid, entry in self.evicted.items() if entry[0].partition in gone},
+        )
+        for state in taken.live:
+            self._remove_live(state.session_id)
+            self._dirty.discard(state.session_id)
+            self._settled.discard(state.session_id)
+        for sid in taken.evicted:
             del self.evicted[sid]
-        return dropped
+        return taken
+
+    def adopt(self, sessions: PartitionSessions) -> None:
+        """Take back sessions that `take_partitions` removed, as they were: nothing is
+        republished unless it changes (a restored state, by contrast, is republished)."""
+        for state in sessions.live:
+            self._add_live(state)
+        self.evicted.update(sessions.evicted)
 
     def sessions_in(self, partitions: Iterable[int]) -> Iterator[SessionState]:
         wanted = set(partitions)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.unit.builders import SID, T0, ended, ingested, started
+from tests.unit.builders import SID, T0, ended, fold_bodies, ingested, started
 from worker.changelog import decode_state, encode_state
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox
@@ -38,6 +38,8 @@ class FakeSource:
     batches: list[list[InputRecord]] = field(default_factory=list)
     waiting: int = 0
     """What `backlog` reports: records the broker holds beyond the batches."""
+    group_offsets: dict[int, int] | None = None
+    """The group's committed offsets (`make_runner` shares the sink's); None: unavailable."""
 
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
         await asyncio.sleep(0)
@@ -45,6 +47,11 @@ class FakeSource:
 
     def backlog(self) -> int:
         return self.waiting
+
+    async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        if self.group_offsets is None:
+            return {}
+        return {p: self.group_offsets.get(p) for p in partitions}
 
 
 @dataclass
@@ -85,10 +92,14 @@ def make_runner(
 ) -> Runner:
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
         assert not runner.ready, "readiness must drop while restoring"
+        changelog_reads.append(list(partitions))
         return {p: (changelog or {}).get(p, []) for p in partitions}
 
+    if source is None:
+        source = FakeSource(group_offsets=sink.committed)
+    changelog_reads: list[list[int]] = []
     runner = Runner(
-        source or FakeSource(),
+        source,
         sink,
         SessionStore(Rules()),
         WorkerMetrics(CollectorRegistry()),
@@ -98,6 +109,7 @@ def make_runner(
         clock_ms=lambda: T0 + 10_000,
         **options,
     )
+    runner.changelog_reads = changelog_reads  # type: ignore[attr-defined]
     return runner
 
 
@@ -230,3 +242,79 @@ async def test_segments_older_than_the_dedupe_window_are_counted_as_late() -> No
     late = runner.metrics.late_segments._value.get()  # the counter's current value
     assert late == 3
     assert runner.store.get(SID).source_segments == 1  # type: ignore[union-attr]
+
+
+def snapshots_written(sink: FakeSink) -> int:
+    return sink.topics_written().count("snapshots")
+
+
+async def test_a_partition_given_back_unchanged_keeps_its_sessions_without_a_restore() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0, 1])
+    runner._process([record(0, 0, ingested(0, sid="a")), record(1, 0, ingested(0, sid="b"))])
+    await runner.checkpoint()
+    before, published = runner.store.get("a"), snapshots_written(sink)
+    await runner.on_revoked([0, 1])  # eager rebalance: everything is revoked first
+    assert runner.store.get("a") is None
+    await runner.on_assigned([0, 1])  # ... and comes back; nobody committed in between
+    assert runner.changelog_reads == [[0, 1]], "only the first assignment read the changelog"  # type: ignore[attr-defined]
+    assert runner.store.get("a") is before, "the same state, not a copy rebuilt from records"
+    assert runner.metrics.kept_sessions._value.get() == 2
+    await runner.checkpoint()
+    assert snapshots_written(sink) == published, "a kept session is not republished unchanged"
+    runner._process([record(0, 1, ingested(1, sid="a"))])
+    await runner.checkpoint()
+    assert runner.store.get("a").source_segments == 2  # type: ignore[union-attr]
+    assert sink.committed == {0: 2, 1: 1}
+
+
+async def test_a_partition_committed_by_another_member_meanwhile_is_restored() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0])
+    runner._process([record(0, 0, ingested(0))])
+    await runner.on_revoked([0])
+    # Another member owned partition 0 for a while: it folded seqNo 1 and committed.
+    newer = fold_bodies([ingested(0), ingested(1)])
+    sink.committed[0] = 2
+
+    async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
+        return {0: [(SID.encode(), encode_state(newer, None, 2))]}
+
+    runner._read_changelog = read_changelog
+    await runner.on_assigned([0])
+    assert runner.store.get(SID).source_segments == 2  # type: ignore[union-attr]
+    assert runner.metrics.kept_sessions._value.get() == 0
+
+
+async def test_a_failed_revoke_checkpoint_or_unknown_offsets_keep_nothing() -> None:
+    for failure in ("checkpoint", "offsets"):
+        sink = FakeSink()
+        runner = make_runner(sink)
+        await runner.on_assigned([0])
+        runner._process([record(0, 0, ingested(0))])
+        if failure == "checkpoint":
+            sink.fail_next.append(CheckpointError("broker away", retriable=True))
+        else:
+            runner.source = FakeSource(group_offsets=None)  # the coordinator did not answer
+        await runner.on_revoked([0])
+        await runner.on_assigned([0])
+        assert runner.changelog_reads == [[0], [0]], failure  # type: ignore[attr-defined]
+        assert runner.store.get(SID) is None, "rebuilt from the (empty) changelog, not kept"
+
+
+async def test_parked_partitions_that_went_elsewhere_are_forgotten() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0, 1])
+    runner._process([record(0, 0, ingested(0, sid="a")), record(1, 0, ingested(0, sid="b"))])
+    await runner.on_revoked([0, 1])
+    await runner.on_assigned([1])  # partition 0 went to another member
+    assert runner.store.get("a") is None
+    assert runner.store.get("b") is not None
+    await runner.on_revoked([1])
+    await runner.on_assigned([0, 1])  # 0 comes back later, its offset unchanged: restored anyway
+    assert runner.changelog_reads == [[0, 1], [0]]  # type: ignore[attr-defined]
+    assert runner.store.get("a") is None
+    assert runner.store.get("b") is not None
