@@ -10,7 +10,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,34 @@ async def test_static_member_restart_does_not_rebalance_the_others(
     assert metric_value(pod_b.port, "session_worker_rebalances_total") == rebalances
     assert restarted.terminate() == 0
     assert pod_b.terminate() == 0
+
+
+async def test_partitions_given_back_by_a_rebalance_keep_their_sessions_in_memory(
+    topics: Topics, start_worker: StartWorker
+) -> None:
+    await create_topic(topics.bootstrap, topics.input, 4)
+    events = ending_stream(seed=5, sessions=16)
+    half = len(events) // 2
+    first = start_worker()
+    await first.wait_ready()
+    await produce(topics.bootstrap, topics.input, event_records(events[:half]))
+
+    def exported(name: str) -> Callable[[], Awaitable[float]]:
+        async def probe() -> float:
+            return metric_value(first.port, name)
+
+        return probe
+
+    await wait_for(exported("session_worker_checkpoints_total"), 30, what="a checkpoint")
+    restored = metric_value(first.port, "session_worker_restored_sessions_total")
+    second = start_worker()  # a rebalance: the first worker gives up all four, gets two back
+    await second.wait_ready()
+    await wait_for(exported("session_worker_kept_sessions_total"), 30, what="kept sessions")
+    assert metric_value(first.port, "session_worker_restored_sessions_total") == restored
+    await produce(topics.bootstrap, topics.input, event_records(events[half:]))
+    await converged(topics, expected_totals(events))
+    assert first.terminate() == 0
+    assert second.terminate() == 0
 
 
 def ownership_intervals(logs: list[str]) -> dict[int, list[tuple[float, float, int]]]:

@@ -43,3 +43,19 @@ async def test_backlog_counts_the_records_after_those_fetched(topics: Topics) ->
         assert source.backlog() == 0
     finally:
         await source.stop()
+
+
+async def test_committed_reads_the_groups_offsets_from_the_coordinator(topics: Topics) -> None:
+    await create_topic(topics.bootstrap, topics.input, 2)
+    await produce(topics.bootstrap, topics.input, [(b"k", b"{}", [])] * 10)
+    settings = Settings(
+        bootstrap_servers=topics.bootstrap, input_topic=topics.input, group_id=topics.group
+    )
+    source = KafkaSource(settings)
+    await source.start(NoRebalanceWork())
+    try:
+        assert await source.committed([0, 1]) == {0: None, 1: None}, "nothing committed yet"
+        await source.commit({0: 7})
+        assert await source.committed([0, 1]) == {0: 7, 1: None}
+    finally:
+        await source.stop()
