@@ -226,6 +226,11 @@ def table(results: dict[str, Any]) -> str:
             f"{rs['record_bytes_mean']:,.0f} B/record; decode alone "
             f"{rs['decode_only_s']:,.1f} s) | - |"
         )
+        rows.append(
+            f"| rebalance giving those partitions back | revoke (final checkpoint) "
+            f"{rs['rebalance_revoke_s']:,.1f} s, assignment **{rs['rebalance_assign_kept_s']:,.3f}"
+            f" s** (sessions kept, no changelog read) | - |"
+        )
     return "\n".join(rows)
 
 

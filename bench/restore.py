@@ -1,7 +1,11 @@
 """Restore benchmark: how long a worker takes to rebuild N sessions from the changelog.
 
 Writes N realistic session states to a fresh changelog topic on the local broker, then times
-the real restore path (`read_partitions` + `Runner.restore`) and, separately, the pure decode.
+the real restore path (an assignment: `read_partitions` + `Runner.restore`) and, separately,
+the pure decode. Then a rebalance that gives every partition back unchanged, as the eager
+protocol does to a member whose partitions stay with it: the revoke (its final checkpoint:
+every restored session is ticked and published once, here into a sink that discards it)
+and the assignment that takes the sessions back without reading the changelog.
 
     .venv/bin/python -m bench.restore --sessions 100000
 """
@@ -19,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from worker.changelog import decode_state, encode_state
 from worker.kafka import EventProducer, TopicSpec, ensure_topics, read_partitions
 from worker.metrics import WorkerMetrics
-from worker.outbox import CheckpointTimings, Outbox
+from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
 from worker.runner import OutputTopics, Runner
 from worker.settings import Settings
@@ -59,8 +63,16 @@ class _NullSink:
 
 
 class _NoSource:
-    async def fetch(self, timeout_s: float) -> list[object]:
+    """No input; the group's committed offsets never move (nobody else owns a partition)."""
+
+    async def fetch(self, timeout_s: float) -> list[InputRecord]:
         return []
+
+    def backlog(self) -> int:
+        return 0
+
+    async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        return dict.fromkeys(partitions, 0)
 
 
 async def run(sessions: int, bootstrap: str) -> dict[str, float]:
@@ -82,7 +94,7 @@ async def run(sessions: int, bootstrap: str) -> dict[str, float]:
     await producer.stop()
 
     runner = Runner(
-        _NoSource(),  # type: ignore[arg-type]
+        _NoSource(),
         _NullSink(),
         SessionStore(Rules()),
         WorkerMetrics(CollectorRegistry()),
@@ -90,16 +102,26 @@ async def run(sessions: int, bootstrap: str) -> dict[str, float]:
         OutputTopics("s", topic, "d"),
         publish_interval_s=1.0,
     )
+    everything = list(range(PARTITIONS))
     started = time.perf_counter()
-    restored = await runner.restore(list(range(PARTITIONS)))
+    await runner.on_assigned(everything)
     restore_s = time.perf_counter() - started
-    assert restored == sessions, (restored, sessions)
+    assert len(runner.store) == sessions, (len(runner.store), sessions)
+    started = time.perf_counter()
+    await runner.on_revoked(everything)
+    revoke_s = time.perf_counter() - started
+    started = time.perf_counter()
+    await runner.on_assigned(everything)
+    kept_s = time.perf_counter() - started
+    assert len(runner.store) == sessions, "every session kept"
     return {
         "sessions": sessions,
         "record_bytes_mean": sum(len(p) for *_, p in payloads) / sessions,
         "decode_only_s": decode_s,
         "restore_from_kafka_s": restore_s,
         "sessions_per_s": sessions / restore_s,
+        "rebalance_revoke_s": revoke_s,
+        "rebalance_assign_kept_s": kept_s,
     }
 
 
