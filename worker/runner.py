@@ -481,8 +481,7 @@ class Runner:
             if self._retry is not None:  # the checkpoint failed: the new owner redoes it
                 self._retry.drop_partitions(partitions)
             taken = 0
-            for partition in partitions:
-                sessions = self.store.take_partitions([partition])
+            for partition, sessions in self.store.take_partitions(partitions).items():
                 taken += len(sessions.live)
                 if checkpointed and partition in self._committed:
                     # They match the offset committed: kept if it is unchanged on return.

@@ -296,6 +296,28 @@ def test_drop_partitions_forgets_evicted_sessions_too() -> None:
     assert store.evicted == {}
 
 
+def test_taken_partitions_come_back_as_they_were_with_adopt() -> None:
+    end_at = seg_ts(3)
+    store = ended_store(end_at)  # SID on partition 0: ended, then evicted below
+    store.tick(end_at + 20_000)
+    store.tick(end_at + RETENTION + 1)
+    apply_all(store, [ingested(0, sid="live-0")], 0)
+    apply_all(store, [ingested(0, sid="live-1")], 1)
+    store.tick(end_at + RETENTION + 2)  # publishes the live ones
+    published = store.live["live-0"].published_hash
+    taken = store.take_partitions([0, 1])
+    assert [s.session_id for s in taken[0].live] == ["live-0"]
+    assert list(taken[0].evicted) == [SID]
+    assert [s.session_id for s in taken[1].live] == ["live-1"]
+    assert store.live == {}
+    assert store.evicted == {}
+    store.adopt(taken[0])
+    assert sorted(store.live) == ["live-0"]
+    assert SID in store.evicted
+    assert store.live["live-0"].published_hash == published
+    assert ids(store.tick(end_at + RETENTION + 2))["snapshots"] == [], "nothing changed"
+
+
 def test_restore_live_state_is_republished(store: SessionStore) -> None:
     apply_all(store, segments(3))
     store.tick(seg_ts(2) + 500)
