@@ -3,8 +3,9 @@
 Run in its own process (the suite starts `python -m bench.memory --sessions N`) so the RSS
 baseline is clean. Sessions are folded from realistic live traffic (the load generator's,
 through the real decoder and fold), then the store is ticked at the newest event time, as
-the worker does every interval, so rate windows, dedupe masks, health windows, metadata
-and the published numbers are all populated as in a live worker. Prints one JSON object.
+the worker does every interval (slot by slot, so the store's per-slot index is counted), so
+rate windows, dedupe masks, health windows, metadata and the published numbers are all
+populated as in a live worker. Prints one JSON object.
 
     .venv/bin/python -m bench.memory --sessions 100000
 """
@@ -21,6 +22,7 @@ import orjson
 
 from bench.latency import rss_bytes
 from bench.load import EVENTS_PER_SEGMENT, Traffic
+from worker.app import PUBLISH_SLICES
 from worker.changelog import encode_state
 from worker.events import InvalidRecord, decode_event
 from worker.rules import Rules
@@ -65,7 +67,8 @@ def measure(sessions: int) -> dict[str, Any]:
     gc.collect()
     before = rss_bytes()
     store, events, newest = fill(sessions)
-    store.tick(newest)
+    for slot in range(PUBLISH_SLICES):  # a round of publish slices, as the worker ticks
+        store.tick(newest, slot, PUBLISH_SLICES)
     gc.collect()
     after = rss_bytes()
     states: list[SessionState] = list(store.live.values())
