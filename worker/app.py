@@ -39,6 +39,8 @@ PUBLISH_SLICES: Final = 10
 at the default interval), so no event waits for a tick of every session (docs/performance.md)."""
 
 LAG_POLL_S: Final = 5.0
+CLIENT_CLOSE_MIN_S: Final = 1.0
+"""Each client gets at least this long to close, even when the drain used the whole deadline."""
 """Lag needs a broker round trip; polling it every few seconds is plenty for alerting."""
 
 
@@ -59,6 +61,8 @@ class Worker:
         self.metrics.build.info({"version": package_version()})
         self.store = SessionStore(settings.rules())
         self.stop_event = asyncio.Event()
+        self._close_by: float | None = None
+        """The shutdown deadline once a drain started: the clients are closed by it too."""
         self.source = KafkaSource(settings)
         self.sink: AtLeastOnceSink | TransactionalSink = (
             TransactionalSink(settings)
@@ -113,9 +117,20 @@ class Worker:
 
     async def close(self) -> None:
         """Close every client, started or not (unstarted ones would warn when collected).
+        Bounded by the shutdown deadline (at least CLIENT_CLOSE_MIN_S each): a consumer
+        stuck rejoining a group, or a broker that no longer answers, cannot keep the process
+        from exiting; what it leaves undone (a leave-group) the broker settles by timeout.
         Idempotent."""
-        await self.source.stop()
-        await self.sink.stop()
+        for client, stop in (("consumer", self.source.stop), ("producer", self.sink.stop)):
+            budget = self.settings.shutdown_timeout_s
+            if self._close_by is not None:
+                budget = self._close_by - time.monotonic()
+            try:
+                await asyncio.wait_for(stop(), max(CLIENT_CLOSE_MIN_S, budget))
+            except TimeoutError:
+                log.error(
+                    "client did not close in time; exiting without it", extra={"client": client}
+                )
 
     async def _poll_lag(self) -> None:
         while True:
@@ -182,6 +197,7 @@ class Worker:
             done, _ = await asyncio.wait({run_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if run_task not in done:
                 started = time.monotonic()
+                self._close_by = started + settings.shutdown_timeout_s
                 try:
                     await asyncio.wait_for(run_task, settings.shutdown_timeout_s)
                 except TimeoutError:
