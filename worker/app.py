@@ -39,9 +39,9 @@ PUBLISH_SLICES: Final = 10
 at the default interval), so no event waits for a tick of every session (docs/performance.md)."""
 
 LAG_POLL_S: Final = 5.0
+"""Lag needs a broker round trip; polling it every few seconds is plenty for alerting."""
 CLIENT_CLOSE_MIN_S: Final = 1.0
 """Each client gets at least this long to close, even when the drain used the whole deadline."""
-"""Lag needs a broker round trip; polling it every few seconds is plenty for alerting."""
 
 
 def package_version() -> str:
