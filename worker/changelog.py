@@ -19,10 +19,12 @@ from worker.state import (
     SessionMeta,
     SessionState,
     failure_items,
+    flat_failures,
     ingest_window,
     meta_items,
     outgoing_window,
     packed_stamps,
+    pairs,
     share_meta,
     share_recent_names,
     share_value,
@@ -31,12 +33,6 @@ from worker.state import (
 
 FORMAT_VERSION: Final = 2
 """Written by `encode_state`; `decode_state` reads this and format 1."""
-
-
-def _pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
-    """[a, b, c, d, ...] as [(a, b), (c, d), ...]: orjson writes the tuples as arrays."""
-    it = iter(flat)
-    return list(zip(it, it, strict=True))
 
 
 def _durations(state: SessionState) -> list[tuple[int, float]]:
@@ -90,7 +86,7 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
     names = state.recent_names
     name_table = list(dict.fromkeys(names))
     renditions: list[Any] = []
-    for name, mask in _pairs(state.rendition_masks):
+    for name, mask in pairs(state.rendition_masks):
         renditions.append(name)
         renditions.extend(_mask_fields(mask))
     body = [
@@ -114,8 +110,8 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
         *_mask_fields(state.source_mask),
         state.transcoded_hwm,
         renditions,
-        _pairs(ingest_window(state)),
-        _pairs(outgoing_window(state)),
+        pairs(ingest_window(state)),
+        pairs(outgoing_window(state)),
         _durations(state),
         _transcode_seqs(state),
         _ratios(state),
@@ -156,10 +152,10 @@ def encode_state_v1(
         "source": [state.source_hwm, format(state.source_mask, "x")],
         "transcoded": [
             state.transcoded_hwm,
-            {name: format(mask, "x") for name, mask in _pairs(state.rendition_masks)},
+            {name: format(mask, "x") for name, mask in pairs(state.rendition_masks)},
         ],
-        "ingestWindow": _pairs(ingest_window(state)),
-        "outgoingWindow": _pairs(outgoing_window(state)),
+        "ingestWindow": pairs(ingest_window(state)),
+        "outgoingWindow": pairs(outgoing_window(state)),
         "recentDurations": _durations(state),
         "recentTranscodes": list(
             zip(_transcode_seqs(state), _ratios(state), state.recent_names, strict=True)
@@ -245,18 +241,13 @@ def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
         outgoing_entries=len(outgoing),
         recent=_flat_durations(durations) + recent_transcodes,
         recent_names=recent_names,
-        failures=_flat_failures({s: (ts, e) for s, ts, e in zip(it, it, it, strict=True)}),
+        failures=flat_failures({s: (ts, e) for s, ts, e in zip(it, it, it, strict=True)}),
         meta=_meta_from(meta),
         recording=None if recording is None else tuple(recording),
         ended_at=ended_at,
         timed_out=timed_out,
     )
     return ChangelogEntry(state, evicted_at, source_offset)
-
-
-def _flat_failures(failures: dict[int, tuple[int, str]]) -> tuple[Any, ...]:
-    """Written from a dict: a repeated seqNo keeps its first place and its last value."""
-    return tuple(x for s, (ts, error) in failures.items() for x in (s, ts, error))
 
 
 def _flat_masks(masks: dict[str, int]) -> tuple[Any, ...]:
@@ -321,7 +312,7 @@ def _decode_v1(body: dict[str, Any], partition: int) -> ChangelogEntry:
         outgoing_entries=len(body["outgoingWindow"]),
         recent=_flat_durations(body["recentDurations"]) + recent_transcodes,
         recent_names=recent_names,
-        failures=_flat_failures({s: (ts, err) for s, ts, err in body["failures"]}),
+        failures=flat_failures({s: (ts, err) for s, ts, err in body["failures"]}),
         meta=_meta_from(body["meta"]),
         recording=None if body["recording"] is None else tuple(body["recording"]),
         ended_at=body["endedAt"],

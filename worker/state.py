@@ -221,23 +221,24 @@ def new_session(session_id: str, partition: int, timestamp: int) -> SessionState
 
 def rendition_mask_items(state: SessionState) -> dict[str, int]:
     """Rendition name -> its dedupe bitmask, in the order first set."""
-    return dict(_pairs(state.rendition_masks))
+    return dict(pairs(state.rendition_masks))
 
 
-def _pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
+def pairs(flat: array[Any] | tuple[Any, ...]) -> list[tuple[Any, Any]]:
+    """[a, b, c, d, ...] as [(a, b), (c, d), ...] (orjson writes the tuples as arrays)."""
     it = iter(flat)
     return list(zip(it, it, strict=True))
 
 
 def window_entries(window: array[int]) -> list[tuple[int, int]]:
     """A rate window as (ts, size) tuples, in its order."""
-    return _pairs(window)
+    return pairs(window)
 
 
 def recent_duration_items(state: SessionState) -> dict[int, float]:
     """seqNo -> duration of the newest source segments, in arrival order."""
     durations = state.recent[: transcodes_start(state)]
-    return {int(seq_no): duration for seq_no, duration in _pairs(durations)}
+    return {int(seq_no): duration for seq_no, duration in pairs(durations)}
 
 
 def transcodes_start(state: SessionState) -> int:
@@ -274,9 +275,9 @@ def share_recent_names(entries: tuple[tuple[str, ...], ...]) -> tuple[tuple[str,
 
 def _trimmed(window: array[int]) -> array[int]:
     """The newest MAX_RATE_ENTRIES entries, sorted (callers append, then check the length)."""
-    pairs = sorted(_pairs(window))
-    del pairs[: len(pairs) - MAX_RATE_ENTRIES]
-    return array("q", [x for pair in pairs for x in pair])
+    entries = sorted(pairs(window))
+    del entries[: len(entries) - MAX_RATE_ENTRIES]
+    return array("q", [x for entry in entries for x in entry])
 
 
 def ingest_window(state: SessionState) -> array[int]:
@@ -418,7 +419,7 @@ def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
                 state.rates = rates[:start] + _trimmed(rates[start:])
                 state.outgoing_entries = MAX_RATE_ENTRIES
     if state.failures and seq_no in state.failures[0::3]:
-        state.failures = _flat_failures(
+        state.failures = flat_failures(
             {s: f for s, f in failure_items(state).items() if s != seq_no}
         )
     transcode_time = event.transcode_time
@@ -484,7 +485,8 @@ def failure_items(state: SessionState) -> dict[int, tuple[int, str]]:
     return {s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)}
 
 
-def _flat_failures(failures: dict[int, tuple[int, str]]) -> tuple[Any, ...]:
+def flat_failures(failures: dict[int, tuple[int, str]]) -> tuple[Any, ...]:
+    """`SessionState.failures` for these failures (seqNo -> (ts, error)), in their order."""
     return tuple(x for s, (ts, error) in failures.items() for x in (s, ts, error))
 
 
@@ -501,7 +503,7 @@ def _prune_failures(state: SessionState) -> None:
         return
     oldest = _newest_seq_no(state) - RECENT_SEGMENTS
     if min(state.failures[0::3]) <= oldest:  # usually nothing to drop
-        state.failures = _flat_failures(
+        state.failures = flat_failures(
             {s: f for s, f in failure_items(state).items() if s > oldest}
         )
 
@@ -516,7 +518,7 @@ def _fold_failed(state: SessionState, event: SegmentFailed) -> None:
         failures = failure_items(state)
         if (event.timestamp, event.error) > failures[seq_no]:
             failures[seq_no] = (event.timestamp, event.error)
-            state.failures = _flat_failures(failures)
+            state.failures = flat_failures(failures)
     _prune_failures(state)
 
 
@@ -604,9 +606,9 @@ def expire_windows(state: SessionState, now_ms: int, window_ms: int) -> None:
     rates = state.rates
     if rates and min(rates[0::2]) <= start:
         it = iter(rates)
-        pairs = zip(it, it, strict=True)
+        entries = zip(it, it, strict=True)  # the ingest ones, then the outgoing ones
         ingest_entries = (len(rates) - 2 * state.outgoing_entries) // 2
-        kept = [x for e in islice(pairs, ingest_entries) if e[0] > start for x in e]
-        outgoing = [x for e in pairs if e[0] > start for x in e]
+        kept = [x for e in islice(entries, ingest_entries) if e[0] > start for x in e]
+        outgoing = [x for e in entries if e[0] > start for x in e]
         state.rates = array("q", kept + outgoing)
         state.outgoing_entries = len(outgoing) // 2
