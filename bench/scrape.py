@@ -94,7 +94,7 @@ def fill_store(size: int, now_ms: int) -> SessionStore:
         set_meta(clone, "parent_id", clone.last_activity, f"stream-{n % 5_000}")
         set_meta(clone, "project_id", clone.last_activity, f"project-{n % 97}")
         clone.last_activity -= n % 60_000  # spread recency so the cap has to choose
-        store.live[clone.session_id] = clone
+        store.restore(clone, None)  # through the store, which indexes its live sessions
     store.tick(now_ms)
     return store
 

@@ -123,11 +123,6 @@ class SessionStore:
         else:
             self.evicted[state.session_id] = (state, evicted_at)
 
-    def drop_partitions(self, partitions: Iterable[int]) -> list[str]:
-        """Forget every session of the given partitions (after a revoke); return their ids."""
-        taken = self.take_partitions(partitions).values()
-        return [state.session_id for sessions in taken for state in sessions.live]
-
     def take_partitions(self, partitions: Iterable[int]) -> dict[int, PartitionSessions]:
         """Remove the given partitions' sessions, live and evicted, and return them by
         partition as they are (published hashes included): `adopt` puts them back unchanged.

@@ -203,7 +203,7 @@ def test_an_evicted_session_leaves_no_series(store: SessionStore) -> None:
 def test_a_revoked_partition_leaves_no_series(store: SessionStore) -> None:
     live_session(store)
     registry = collector_registry(store)
-    store.drop_partitions([0])
+    store.take_partitions([0])
 
     assert SID not in generate_latest(registry).decode()
 

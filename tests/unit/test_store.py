@@ -272,27 +272,27 @@ def test_timed_out_session_is_evicted_after_the_retention(store: SessionStore) -
 # --------------------------------------------------------------- partitions and restore
 
 
-def test_drop_partitions_forgets_their_sessions(store: SessionStore) -> None:
+def test_take_partitions_removes_their_sessions(store: SessionStore) -> None:
     for partition, sid in enumerate(["p0", "p1", "p2"]):
         apply_all(store, [ingested(0, sid=sid)], partition)
     apply_all(store, [ingested(0, sid="p1-b")], 1)
-    dropped = store.drop_partitions([1])
-    assert sorted(dropped) == ["p1", "p1-b"]
+    taken = store.take_partitions([1])
+    assert sorted(s.session_id for s in taken[1].live) == ["p1", "p1-b"]
     assert sorted(store.live) == ["p0", "p2"]
     # Their pending changes are dropped too: the new owner publishes them.
     assert sorted(ids(store.tick(T0))["snapshots"]) == ["p0", "p2"]
     assert sorted(s.session_id for s in store.sessions_in([0, 1])) == ["p0"]
 
 
-def test_drop_partitions_forgets_evicted_sessions_too() -> None:
+def test_take_partitions_removes_evicted_sessions_too() -> None:
     end_at = seg_ts(3)
     store = ended_store(end_at)
     store.tick(end_at + 20_000)
     store.tick(end_at + RETENTION + 1)
     assert SID in store.evicted
-    assert store.drop_partitions([1]) == []
+    assert store.take_partitions([1])[1].live == []
     assert SID in store.evicted
-    assert store.drop_partitions([0]) == []
+    assert store.take_partitions([0])[0].live == []
     assert store.evicted == {}
 
 

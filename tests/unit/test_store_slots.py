@@ -68,14 +68,14 @@ def test_slots_follow_sessions_that_arrive_leave_and_come_back() -> None:
         store.apply(decode(started(sid=f"sess-{n}")), 1)
     assert refreshed_in_a_round(store, now + 1) == [f"sess-{n}" for n in range(12, 16)]
     gone = [store.live[f"sess-{n}"] for n in range(12, 16)]
-    dropped = store.drop_partitions([1])
-    assert sorted(dropped) == [f"sess-{n}" for n in range(12, 16)]
+    taken = store.take_partitions([1])
+    assert sorted(s.session_id for s in taken[1].live) == [f"sess-{n}" for n in range(12, 16)]
     kept = store.live["sess-1"]
     for state in [*gone, kept]:
         state.published_hash = None  # as if changed: a tick that visits it publishes it
     assert refreshed_in_a_round(store, now + 2) == ["sess-1"], "dropped ones are not visited"
     gone.append(store.live["sess-2"])
-    store.drop_partitions([0])
+    store.take_partitions([0])
     gone[-1].published_hash = None
     assert refreshed_in_a_round(store, now + 3) == []
     store.restore(kept, None)  # restored states are republished

@@ -175,7 +175,7 @@ def test_history_is_bounded_and_forgets_sessions_that_left() -> None:
     assert len(sampler.history) == TRACKED_SESSIONS
     assert all(len(points) == SPARK_WIDTH for points in sampler.history.values())
     assert "s0" not in sampler.history  # the least recently active are not tracked
-    store.drop_partitions([0])
+    store.take_partitions([0])
     sampler.sample(reading(store, T0 + 1000), 10, 99.0)
     assert sampler.history == {}
 
