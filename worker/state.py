@@ -49,9 +49,9 @@ _META_FIELDS: Final = (
 
 
 MAX_SHARED_VALUES: Final = 4096
-"""Distinct rendition-name tuples and profile lists remembered for sharing between sessions
-(a fleet uses a handful of ladders; sharing saves ~2 KB per session). Bounded: cleared when
-full, which only costs sharing, never correctness."""
+"""Distinct rendition-name tuples, recent-name runs and profile lists remembered for sharing
+between sessions (a fleet uses a handful of ladders; sharing saves ~2 KB per session).
+Bounded: cleared when full, which only costs sharing, never correctness."""
 _shared: dict[Any, Any] = {}
 _SHARED_META: Final = frozenset({"profiles", "recording_spec"})
 _SHARED_NAMES: Final = frozenset({"kind", "project_id"})
@@ -256,21 +256,14 @@ def recent_transcode_items(state: SessionState) -> dict[int, tuple[float | None,
     }
 
 
-_uniform_names: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
-"""(names, count) -> the shared `recent_names` of `count` entries that all have `names`."""
-
-
 def share_recent_names(entries: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
-    """An equal `recent_names` held by other sessions when all entries have one name tuple."""
+    """An equal `recent_names` held by other sessions when all entries have one name tuple
+    (keyed by that tuple and the count, not by the whole `entries`)."""
     if not entries or entries.count(entries[0]) != len(entries):
         return entries
-    key = (entries[0], len(entries))
-    found = _uniform_names.get(key)
-    if found is None:
-        if len(_uniform_names) >= MAX_SHARED_VALUES:
-            _uniform_names.clear()
-        found = _uniform_names[key] = entries
-    return found
+    key = ("recent_names", entries[0], len(entries))
+    shared: tuple[tuple[str, ...], ...] = _share(key, entries)
+    return shared
 
 
 def _trimmed(window: array[int]) -> array[int]:

@@ -215,6 +215,14 @@ def test_a_repeated_transcode_keeps_its_names_and_ratio() -> None:
     assert recent_transcode_items(state)[0] == (0.5, ("360p", "480p", "720p"))
 
 
+def test_sessions_with_the_same_recent_renditions_share_one_names_tuple() -> None:
+    first, second = fold_bodies(segments(3)), fold_bodies(segments(3))
+    assert len(first.recent_names) == 3
+    assert first.recent_names is second.recent_names
+    mixed = fold_bodies([*segments(2), transcoded(2, renditions={"240p": 1})])
+    assert mixed.recent_names[-1] == ("240p",), "a run of different names is not shared"
+
+
 def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "MAX_SHARED_VALUES", 2)
     state = fold_bodies(
