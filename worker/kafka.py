@@ -109,10 +109,12 @@ class TopicSpec:
 def worker_topics(settings: Settings, input_partitions: int) -> list[TopicSpec]:
     """Output topics; the changelog must have exactly the input's partition count."""
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    # Dead letters share keys (session ids): compaction would drop all but the newest.
+    dead_letters = {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)}
     return [
         TopicSpec(settings.snapshot_topic, input_partitions, compacted),
         TopicSpec(settings.changelog_topic_name, input_partitions, compacted),
-        TopicSpec(settings.dlq_topic, input_partitions, {"retention.ms": str(14 * 86_400_000)}),
+        TopicSpec(settings.dlq_topic, input_partitions, dead_letters),
     ]
 
 
@@ -730,6 +732,8 @@ class TopicLayout:
     partitions: int
     config: Mapping[str, str]
     """Only the keys that were asked for (absent when the broker does not report one)."""
+    replication: int = 1
+    """Replicas of its least replicated partition."""
 
 
 async def probe_broker(settings: Settings) -> None:
@@ -753,10 +757,15 @@ async def describe_layouts(
         names = [name for name in wanted if name in existing]
         if not names:
             return {}
-        counts = {
-            entry["topic"]: len(entry.get("partitions", []))
+        described = {
+            entry["topic"]: entry.get("partitions", [])
             for entry in await admin.describe_topics(names)
             if entry.get("error_code", 0) == 0
+        }
+        counts = {name: len(partitions) for name, partitions in described.items()}
+        replication = {
+            name: min((len(p.get("replicas", [])) for p in partitions), default=0)
+            for name, partitions in described.items()
         }
         resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
         configs: dict[str, dict[str, str]] = {name: {} for name in names}
@@ -765,7 +774,11 @@ async def describe_layouts(
                 if error_code == 0 and name in configs:
                     keys = set(wanted[name])
                     configs[name] = {e[0]: e[1] for e in entries if e[0] in keys}
-        return {name: TopicLayout(counts[name], configs[name]) for name in names if name in counts}
+        return {
+            name: TopicLayout(counts[name], configs[name], replication[name])
+            for name in names
+            if name in counts
+        }
 
     return await _with_admin(settings, describe)
 

@@ -238,6 +238,25 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_topics_differ(self) -> Settings:
+        """A shared topic breaks the worker: it would fold its own snapshots as input, or
+        dead-letter its dead letters again forever."""
+        roles = {
+            "WORKER_INPUT_TOPIC": self.input_topic,
+            "WORKER_SNAPSHOT_TOPIC": self.snapshot_topic,
+            "WORKER_DLQ_TOPIC": self.dlq_topic,
+            "the changelog topic": self.changelog_topic_name,
+        }
+        seen: dict[str, str] = {}
+        for role, topic in roles.items():
+            if topic in seen:
+                raise ValueError(
+                    f"{seen[topic]} and {role} are both {topic!r}: each role needs its own topic"
+                )
+            seen[topic] = role
+        return self
+
+    @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
         if self.commit_interval_s < self.publish_interval_s:
             raise ValueError(

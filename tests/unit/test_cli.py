@@ -390,7 +390,8 @@ def test_topic_plan_compacts_snapshots_and_changelog_with_input_partitions() -> 
     assert {spec.partitions for spec in plan.values()} == {12}
     assert plan["snapshots"].config["cleanup.policy"] == "compact"
     assert plan["changelog"].config["cleanup.policy"] == "compact"
-    assert plan["input"].config == {}
+    assert plan["input"].config == {"cleanup.policy": "delete"}
+    assert plan["dlq"].config["cleanup.policy"] == "delete"
 
 
 def test_existing_topics_are_checked_not_altered() -> None:
@@ -408,6 +409,24 @@ def test_existing_topics_are_checked_not_altered() -> None:
     assert notes == ["min.compaction.lag.ms is None (suggested '0'), left as is"]
     problems, notes = check_topic("snapshots", spec, TopicLayout(12, compacted), 6)
     assert (problems, notes) == ([], ["has 12 partitions (suggested 6)"])
+
+
+def test_existing_topics_need_the_replication_asked_for_and_no_compacted_input() -> None:
+    compacted = {"cleanup.policy": "compact"}
+    spec = TopicSpec("c", 6, compacted)
+    layout = TopicLayout(6, compacted, replication=1)
+    problems, _ = check_topic("changelog", spec, layout, 6, replication=3)
+    assert problems == [
+        "replication factor is 1, less than the 3 asked for (--replication-factor); raise it "
+        "with a partition reassignment"
+    ]
+    assert check_topic("changelog", spec, TopicLayout(6, compacted, replication=3), 6, 2) == (
+        [],
+        [],
+    )
+    wanted = {"cleanup.policy": "delete"}
+    problems, _ = check_topic("input", TopicSpec("in", 6, wanted), TopicLayout(6, compacted), 6)
+    assert problems == ["cleanup.policy is 'compact', must be 'delete'"]
 
 
 # --- replay progress ----------------------------------------------------------------------

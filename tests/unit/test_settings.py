@@ -459,3 +459,18 @@ def test_a_boolean_flag_takes_a_value_or_none(value: str) -> None:
     assert settings_from("--create-topics", value).create_topics is False
     assert settings_from("--create-topics").create_topics is True
     assert settings_from("--no-create-topics").create_topics is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (("--dlq-topic", "media.segment-events"), "WORKER_INPUT_TOPIC and WORKER_DLQ_TOPIC are"),
+        (("--snapshot-topic", "x", "--dlq-topic", "x"), "WORKER_SNAPSHOT_TOPIC and WORKER_DLQ"),
+        (
+            ("--changelog-topic", "media.sessions"),
+            "WORKER_SNAPSHOT_TOPIC and the changelog topic are both 'media.sessions'",
+        ),
+    ],
+)
+def test_each_role_needs_its_own_topic(flags: tuple[str, ...], problem: str) -> None:
+    assert problem in invalid(*flags)
