@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import math
 import shlex
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -247,7 +247,7 @@ def add_command(
     commands: Commands,
     path: str,
     help_: str,
-    add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+    add_options: Callable[[argparse.ArgumentParser], object] | None = None,
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
     """A leaf command: its own options, then its settings, then `--check-config`."""

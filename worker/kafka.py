@@ -242,7 +242,7 @@ async def prepare_topics(settings: Settings) -> int:
             log.info("created topic", extra={"topic": name, "partitions": partitions})
         if created or input_created:
             new = [*created, *([settings.input_topic] if input_created else [])]
-            await wait_until_served(settings, {name: partitions for name in new})
+            await wait_until_served(settings, dict.fromkeys(new, partitions))
         changelog = settings.changelog_topic_name
         changelog_partitions = await settled_partition_count(admin, changelog)
         if changelog_partitions != partitions:

@@ -17,7 +17,9 @@ from rich.console import Console
 
 from tests.unit.builders import ROOT, T0, encode, ingested, started
 from worker import cli
-from worker.__main__ import build_parser, main
+from worker.__main__ import main
+from worker.cli import build_parser
+from worker.demo import broker_env, local_port
 from worker.dlq import DeadLetter, OffsetRange, Selection, letter_json, parse_offset_range
 from worker.kafka import StoredRecord, TopicLayout, TopicSpec
 from worker.replay import replay_file
@@ -178,8 +180,9 @@ def test_a_bad_replay_setting_is_one_line_and_exit_2(
 def test_a_missing_replay_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     done = run_cli("replay", str(tmp_path / "nope.ndjson"))
     assert done.returncode == 2
+    missing = tmp_path / "nope.ndjson"
     assert done.stderr == (
-        f"session-worker replay: cannot read {tmp_path / 'nope.ndjson'}: No such file or directory\n"
+        f"session-worker replay: cannot read {missing}: No such file or directory\n"
     )
 
 
@@ -205,7 +208,7 @@ def test_replay_folds_with_the_rule_settings(
 
 
 def test_help_explains_every_flag_from_the_settings_descriptions() -> None:
-    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
+    text = run_help(["run"])
     flat = "".join(text.split())  # argparse wraps lines, at hyphens too
     for name, field in Settings.model_fields.items():
         if name.startswith(cli.HIDDEN_PREFIX):
@@ -270,6 +273,31 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("session-worker ")
+
+
+def test_demo_without_a_broker_is_one_line_with_the_hint() -> None:
+    # 127.0.0.2 is loopback but not an address the demo starts a broker on: it is refused.
+    done = run_cli("demo", "--bootstrap-servers", "127.0.0.2:1", "--http-port", "0")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "session-worker demo: cannot connect to Kafka at 127.0.0.2:1; start one with "
+        "`make kafka-up` or point --bootstrap-servers at one\n"
+    )
+
+
+def test_demo_starts_a_broker_only_on_a_local_address_with_its_own_dirs_off_9092(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("KAFKA_RUN_DIR", "KAFKA_CONTROLLER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert [local_port(s) for s in ("127.0.0.1:9092", "localhost:19092")] == [9092, 19092]
+    assert [local_port(s) for s in ("kafka:9092", "127.0.0.1:1,127.0.0.1:2")] == [None, None]
+    assert broker_env(9092)["KAFKA_PORT"] == "9092"
+    other = broker_env(19092)
+    assert (other["KAFKA_PORT"], other["KAFKA_RUN_DIR"].rsplit("/", 1)[-1]) == (
+        "19092",
+        "run-19092",
+    )
 
 
 # --- dlq selection ------------------------------------------------------------------------

@@ -92,11 +92,11 @@ def doc_commands() -> Iterator[DocCommand]:
                 block.append(line)
         for match in re.finditer(r"`(session-worker [^`]+)`", text):
             if "[" not in match.group(1) and "..." not in match.group(1):
-                line = text.count("\n", 0, match.start()) + 1
+                at = text.count("\n", 0, match.start()) + 1
                 argv = shell_words(match.group(1))[1:]
                 if not any(word.startswith("-") for word in argv):
                     argv.append("--help")
-                yield DocCommand(f"{name}:{line}", argv, {})
+                yield DocCommand(f"{name}:{at}", argv, {})
 
 
 COMMANDS = list(doc_commands())
