@@ -168,11 +168,7 @@ def test_a_bad_replay_setting_is_one_line_and_exit_2(
     done = run_cli("replay", str(events), *args, **env)
     assert done.returncode == 2
     assert done.stdout == ""
-    assert (
-        done.stderr
-        == f"session-worker replay: invalid {complaint}"
-        + done.stderr[len("session-worker replay: invalid ") + len(complaint) :]
-    )
+    assert done.stderr.startswith(f"session-worker replay: invalid {complaint}")
     assert len(done.stderr.splitlines()) == 1
     assert "Traceback" not in done.stderr
 
