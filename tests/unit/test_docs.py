@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pytest
 
 from worker.__main__ import main
-from worker.cli import flag_name
+from worker.cli import command_settings, flag_name
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +21,7 @@ README = (ROOT / "README.md").read_text()
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_STOPS = frozenset({">", ">>", "|", ";", "&&", "||", "2>", "2>&1"})
 SUBSTITUTION = re.compile(r"\$\([^)]*\)")
+COMMAND_NAMES = frozenset(path.split()[0] for path in command_settings())
 
 
 def test_every_setting_is_in_the_readme_with_its_env_and_flag() -> None:
@@ -75,8 +76,9 @@ def block_commands(where: str, lines: list[str], shell: bool) -> Iterator[DocCom
 
 def doc_commands() -> Iterator[DocCommand]:
     """Every `session-worker ...` line of a code block, and every inline `session-worker ...`
-    that is not a synopsis (no `[optional]` parts). An inline one without options names a
-    command (`session-worker replay`): its `--help` is run."""
+    that starts with a command (not a message such as `session-worker run: invalid ...`) and
+    is not a synopsis (no `[optional]` parts). An inline one without options names a command
+    (`session-worker replay`): its `--help` is run."""
     for path in DOCS:
         text = path.read_text()
         name = path.relative_to(ROOT)
@@ -91,9 +93,10 @@ def doc_commands() -> Iterator[DocCommand]:
             elif block is not None:
                 block.append(line)
         for match in re.finditer(r"`(session-worker [^`]+)`", text):
-            if "[" not in match.group(1) and "..." not in match.group(1):
+            argv = shell_words(match.group(1))[1:]
+            synopsis = "[" in match.group(1) or "..." in match.group(1)
+            if argv and argv[0] in COMMAND_NAMES and not synopsis:
                 at = text.count("\n", 0, match.start()) + 1
-                argv = shell_words(match.group(1))[1:]
                 if not any(word.startswith("-") for word in argv):
                     argv.append("--help")
                 yield DocCommand(f"{name}:{at}", argv, {})
