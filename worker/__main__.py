@@ -67,6 +67,17 @@ def configure_for_a_person(settings: Settings, level: str = "WARNING") -> None:
     )
 
 
+def interactive(command: Callable[[], int]) -> int:
+    """Ctrl-C and a reader that left (`... | head`) end a command quietly, not in a traceback."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # keep interpreter shutdown quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def run_tool(args: argparse.Namespace, settings: Settings) -> int:
     from worker.kafka import StartupError  # noqa: PLC0415
 
@@ -74,15 +85,10 @@ def run_tool(args: argparse.Namespace, settings: Settings) -> int:
     if replaying and not (args.all or args.reason or args.offset):
         args.command_parser.error("select dead letters with --reason, --offset or --all")
     try:
-        return _run_async(tool_command(args, settings))
+        return interactive(lambda: _run_async(tool_command(args, settings)))
     except StartupError as error:
         sys.stderr.write(f"session-worker {args.command_path}: {error}\n")
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head`: the reader left; keep interpreter shutdown quiet
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.replay import replay_file  # noqa: PLC0415  # keeps `run` start-up lean
 
         configure_for_a_person(settings)
-        return replay_file(args.file, settings.rules())
+        return interactive(lambda: replay_file(args.file, settings.rules()))
     if command == "demo":
         from worker.demo import run_demo  # noqa: PLC0415
 

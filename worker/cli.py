@@ -2,7 +2,7 @@
 
 One source per setting: its field in worker.settings gives the flag (`--<name>` without the
 `_s` unit suffix), the env var, the bounds and the `--help` text (the field's docstring).
-Each command takes only the settings it uses (COMMAND_SETTINGS); a new field shows up on
+Each command takes only the settings it uses (`command_settings`); a new field shows up on
 `run` and `demo` by itself, on `replay` too when it is a fold rule (`<x>_s` for a Rules
 field `<x>_ms`), and on the Kafka tools when it is a connection setting (`sasl_*`, ...).
 Values are checked by the Settings model only, never by argparse, so a bad flag and a bad
