@@ -42,8 +42,13 @@ test: $(STAMP) ## lint, typecheck, then the whole suite against a real broker (s
 	set -o pipefail; status=0; $(BIN)/pytest -q --durations=15 || status=$$?; \
 	  bash scripts/kafka.sh down; exit $$status
 
-demo: $(STAMP) ## local broker + synthetic traffic + worker + live table (Ctrl-C stops all)
-	$(BIN)/session-worker demo --http-port 9464
+# `make demo KAFKA_PORT=19092 WORKER_HTTP_PORT=9465 DEMO_ARGS="--sessions 100"` (or the same
+# variables in the environment): the broker port (started there if none answers) and HTTP port.
+KAFKA_PORT ?= 9092
+WORKER_HTTP_PORT ?= 9464
+DEMO_ARGS ?=
+demo: $(STAMP) ## local broker + synthetic traffic + worker + live table (Ctrl-C stops all); KAFKA_PORT, WORKER_HTTP_PORT
+	$(BIN)/session-worker demo --bootstrap-servers 127.0.0.1:$(KAFKA_PORT) --http-port $(WORKER_HTTP_PORT) $(DEMO_ARGS)
 
 bench: $(STAMP) ## benchmarks against the local broker; prints a table, writes bench/results/
 	bash scripts/kafka.sh up

@@ -150,8 +150,21 @@ def describe_letter(letter: DeadLetter) -> str:
     )
 
 
-async def load_dead_letters(settings: Settings) -> list[DeadLetter]:
-    return [DeadLetter.of(r) for r in await scan_topic(settings, settings.dlq_topic)]
+async def load_dead_letters(settings: Settings, selection: Selection) -> list[DeadLetter]:
+    """Every dead letter. Raises StartupError when the DLQ, or a partition that the
+    selection names, does not exist (a typo must not read as "nothing to replay")."""
+    topic = settings.dlq_topic
+    layout = (await describe_layouts(settings, {topic: ()})).get(topic)
+    if layout is None:
+        raise StartupError(f"topic {topic!r} does not exist")
+    named = {r.partition for r in selection.ranges if r.partition is not None}
+    missing = sorted(p for p in named if p >= layout.partitions)
+    if missing:
+        raise StartupError(
+            f"{topic} has no partition {', '.join(map(str, missing))} "
+            f"(its partitions are 0-{layout.partitions - 1})"
+        )
+    return [DeadLetter.of(r) for r in await scan_topic(settings, topic)]
 
 
 async def inspect_dead_letters(
@@ -162,7 +175,7 @@ async def inspect_dead_letters(
     out: TextIO = sys.stdout,
 ) -> int:
     """List dead letters (newest `limit` of the selection; all with --json) and count reasons."""
-    letters = await load_dead_letters(settings)
+    letters = await load_dead_letters(settings, selection)
     chosen = [letter for letter in letters if selection.matches(letter)]
     if as_json:
         out.writelines(letter_json(letter).decode() + "\n" for letter in chosen)
@@ -193,7 +206,7 @@ async def replay_dead_letters(
     if selection.is_empty:
         raise ValueError("select dead letters with --reason, --offset or --all")
     topic = target or settings.input_topic
-    letters = await load_dead_letters(settings)
+    letters = await load_dead_letters(settings, selection)
     chosen = [letter for letter in letters if selection.matches(letter)]
     if dry_run:
         for letter in chosen:

@@ -31,6 +31,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from worker.logs import held_back
 from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox, OutRecord
 from worker.settings import SecurityProtocol, Settings
 
@@ -108,10 +109,12 @@ class TopicSpec:
 def worker_topics(settings: Settings, input_partitions: int) -> list[TopicSpec]:
     """Output topics; the changelog must have exactly the input's partition count."""
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    # Dead letters share keys (session ids): compaction would drop all but the newest.
+    dead_letters = {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)}
     return [
         TopicSpec(settings.snapshot_topic, input_partitions, compacted),
         TopicSpec(settings.changelog_topic_name, input_partitions, compacted),
-        TopicSpec(settings.dlq_topic, input_partitions, {"retention.ms": str(14 * 86_400_000)}),
+        TopicSpec(settings.dlq_topic, input_partitions, dead_letters),
     ]
 
 
@@ -192,15 +195,37 @@ async def settled_partition_count(admin: AIOKafkaAdminClient, topic: str) -> int
         await asyncio.sleep(0.2)
 
 
+async def wait_until_served(settings: Settings, topics: Mapping[str, int]) -> None:
+    """Wait until the broker serves every partition of just-created `topics`.
+
+    Metadata names a leader as soon as a topic exists, but for a few hundred ms the broker
+    may still refuse requests for its partitions with NotLeaderForPartition, which aiokafka
+    logs as an ERROR when the restore asks the changelog for offsets. So ask for the end
+    offsets here, with the client's log lines held back; give up quietly after
+    DESCRIBE_SETTLE_S (the restore retries anyway).
+    """
+    probe = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+    partitions = [TopicPartition(name, p) for name, count in topics.items() for p in range(count)]
+    with held_back():
+        try:
+            await asyncio.wait_for(probe.start(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(probe.end_offsets(partitions), DESCRIBE_SETTLE_S)
+        except (TimeoutError, KafkaError) as error:
+            log.debug("new topics not served yet", extra={"error": repr(error)})
+        finally:
+            await probe.stop()
+
+
 async def prepare_topics(settings: Settings) -> int:
     """Ensure the input exists (or create it) and the output topics exist; return partitions."""
 
     async def prepare(admin: AIOKafkaAdminClient) -> int:
+        input_created = False
         if settings.input_topic not in set(await admin.list_topics()):
             if not settings.create_topics:
                 raise StartupError(f"input topic {settings.input_topic!r} does not exist")
             spec = TopicSpec(settings.input_topic, settings.topic_partitions, {})
-            await create_topics(admin, [spec], settings.replication_factor)
+            input_created = bool(await create_topics(admin, [spec], settings.replication_factor))
         partitions = await settled_partition_count(admin, settings.input_topic)
         if partitions is None:
             raise StartupError(f"cannot describe input topic {settings.input_topic!r}")
@@ -215,6 +240,9 @@ async def prepare_topics(settings: Settings) -> int:
         created = await create_topics(admin, outputs, settings.replication_factor)
         for name in created:
             log.info("created topic", extra={"topic": name, "partitions": partitions})
+        if created or input_created:
+            new = [*created, *([settings.input_topic] if input_created else [])]
+            await wait_until_served(settings, dict.fromkeys(new, partitions))
         changelog = settings.changelog_topic_name
         changelog_partitions = await settled_partition_count(admin, changelog)
         if changelog_partitions != partitions:
@@ -704,6 +732,13 @@ class TopicLayout:
     partitions: int
     config: Mapping[str, str]
     """Only the keys that were asked for (absent when the broker does not report one)."""
+    replication: int = 1
+    """Replicas of its least replicated partition."""
+
+
+async def probe_broker(settings: Settings) -> None:
+    """Connect and list the topics once; raises StartupError when Kafka does not answer."""
+    await _with_admin(settings, lambda admin: admin.list_topics())
 
 
 async def describe_layouts(
@@ -722,10 +757,15 @@ async def describe_layouts(
         names = [name for name in wanted if name in existing]
         if not names:
             return {}
-        counts = {
-            entry["topic"]: len(entry.get("partitions", []))
+        described = {
+            entry["topic"]: entry.get("partitions", [])
             for entry in await admin.describe_topics(names)
             if entry.get("error_code", 0) == 0
+        }
+        counts = {name: len(partitions) for name, partitions in described.items()}
+        replication = {
+            name: min((len(p.get("replicas", [])) for p in partitions), default=0)
+            for name, partitions in described.items()
         }
         resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
         configs: dict[str, dict[str, str]] = {name: {} for name in names}
@@ -734,7 +774,11 @@ async def describe_layouts(
                 if error_code == 0 and name in configs:
                     keys = set(wanted[name])
                     configs[name] = {e[0]: e[1] for e in entries if e[0] in keys}
-        return {name: TopicLayout(counts[name], configs[name]) for name in names if name in counts}
+        return {
+            name: TopicLayout(counts[name], configs[name], replication[name])
+            for name in names
+            if name in counts
+        }
 
     return await _with_admin(settings, describe)
 

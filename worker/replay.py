@@ -90,13 +90,14 @@ def _progress_bar(console: Console) -> Progress:
     )
 
 
-def replay_file(path: Path, rate_window_s: float = 10.0, progress: Console | None = None) -> int:
+def replay_file(path: Path, rules: Rules | None = None, progress: Console | None = None) -> int:
     """Print final snapshots as NDJSON on stdout; 0 if every line was valid, else 1.
 
-    A progress bar (bytes of the file) goes to `progress`, by default stderr when it is a
-    terminal; a one-line summary always ends on stderr.
+    `rules` come from the settings (`Settings.rules()`); default: the spec's. A progress
+    bar (bytes of the file) goes to `progress`, by default stderr when it is a terminal; a
+    one-line summary always ends on stderr.
     """
-    rules = Rules(rate_window_ms=round(rate_window_s * 1000))
+    rules = rules or Rules()
     if progress is None and sys.stderr.isatty():
         progress = Console(stderr=True)
     started = time.monotonic()
@@ -111,7 +112,7 @@ def replay_file(path: Path, rate_window_s: float = 10.0, progress: Console | Non
                 # sys.stderr is rich's proxy here: error lines print above the bar.
                 snapshots, valid, invalid = replay_lines(lines, rules, sys.stderr)
     except OSError as error:
-        sys.stderr.write(f"session-worker replay: {error}\n")
+        sys.stderr.write(f"session-worker replay: cannot read {path}: {error.strerror}\n")
         return 2
     elapsed = time.monotonic() - started
     out = sys.stdout.buffer

@@ -454,7 +454,9 @@ class Runner:
         metrics.sessions.set(len(self.store))
         self._observe_end_to_end([s.session_id for s in result.snapshots], checkpoint.pending)
         for state in result.evicted:
-            log.info("session evicted", extra={"session": state.session_id})
+            log.debug("session evicted", extra={"session": state.session_id})
+        if result.evicted:  # one line per write, not one per session (hundreds at a time)
+            log.info("sessions evicted", extra={"count": len(result.evicted)})
 
     def _changelog_record(
         self, partition: int, session_id: str, payload: bytes | None

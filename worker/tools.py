@@ -39,7 +39,8 @@ TAIL_POLL_S: Final = 0.5
 REMEMBERED_SESSIONS: Final = 100_000
 """`tail` remembers each session's previous snapshot to print deltas; oldest forgotten first."""
 CRITICAL_CONFIGS: Final = frozenset({"cleanup.policy"})
-"""Topic settings the worker is wrong without (a non-compacted changelog grows forever)."""
+"""Topic settings the worker is wrong without: a non-compacted changelog grows forever, a
+compacted input or DLQ drops records (every record of a session has the same key)."""
 
 
 @contextmanager
@@ -230,17 +231,23 @@ def planned_topics(settings: Settings, input_partitions: int) -> list[tuple[str,
         settings.dlq_topic: "dlq",
     }
     return [
-        ("input", TopicSpec(settings.input_topic, input_partitions, {})),
+        # Every event of a session has the same key: compaction would drop events.
+        ("input", TopicSpec(settings.input_topic, input_partitions, {"cleanup.policy": "delete"})),
         *((roles[s.name], s) for s in worker_topics(settings, input_partitions)),
     ]
 
 
 def check_topic(
-    role: str, spec: TopicSpec, layout: TopicLayout, input_partitions: int
+    role: str, spec: TopicSpec, layout: TopicLayout, input_partitions: int, replication: int = 1
 ) -> tuple[list[str], list[str]]:
     """(problems, notes) of an existing topic against what the worker needs."""
     problems: list[str] = []
     notes: list[str] = []
+    if layout.replication < replication:
+        problems.append(
+            f"replication factor is {layout.replication}, less than the {replication} asked for "
+            "(--replication-factor); raise it with a partition reassignment"
+        )
     if layout.partitions != input_partitions and role == "changelog":
         problems.append(
             f"has {layout.partitions} partitions; the changelog needs exactly the input's "
@@ -287,7 +294,9 @@ async def create_worker_topics(
         elif layout is None:
             checks.append(TopicCheck(role, spec, "would create", spec.partitions))
         else:
-            problems, notes = check_topic(role, spec, layout, input_partitions)
+            problems, notes = check_topic(
+                role, spec, layout, input_partitions, settings.replication_factor
+            )
             status = "created" if spec in missing else "exists"
             checks.append(
                 TopicCheck(role, spec, status, layout.partitions, tuple(problems), tuple(notes))

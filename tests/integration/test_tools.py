@@ -6,6 +6,7 @@ Every tool runs as `python -m worker ...` in a subprocess, as an operator would 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.conftest import ROOT
@@ -25,6 +26,7 @@ from tests.integration.helpers import (
     create_topic,
     event_records,
     free_port,
+    http_get,
     latest_snapshots,
     produce,
     read_all,
@@ -195,6 +197,45 @@ async def test_topics_create_dry_run_creates_nothing(topics: Topics) -> None:
     assert await partition_counts(topics.bootstrap, [topics.input, topics.snapshots]) == {}
 
 
+async def test_topics_create_checks_the_replication_of_existing_topics(topics: Topics) -> None:
+    assert (await run_tool(topics, "topics", "create", "--topic-partitions", "2")).code == 0
+
+    done = await run_tool(topics, "topics", "create", "--replication-factor", "2")
+
+    assert done.code == 1, done
+    assert done.out.count("error: replication factor is 1, less than the 2 asked for") == 4
+    assert "4 problem(s)" in done.out
+
+
+async def test_topics_create_refuses_a_compacted_input(topics: Topics) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=topics.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topics.input, 2, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+    finally:
+        await admin.close()
+
+    done = await run_tool(topics, "topics", "create")
+
+    assert done.code == 1, done
+    lines = done.out.splitlines()
+    after_input = lines[next(n for n, line in enumerate(lines) if line.startswith("input ")) + 1]
+    assert after_input == "    error: cleanup.policy is 'compact', must be 'delete'"
+
+
+async def test_a_topic_shared_by_two_roles_is_refused_in_one_line(topics: Topics) -> None:
+    done = await run_tool(topics, "topics", "create", "--dlq-topic", topics.input)
+
+    assert done.code == 2, done
+    assert done.err == (
+        "session-worker topics create: invalid settings: WORKER_INPUT_TOPIC and "
+        f"WORKER_DLQ_TOPIC are both {topics.input!r}: each role needs its own topic\n"
+    )
+    assert await partition_counts(topics.bootstrap, [topics.input, topics.dlq]) == {}
+
+
 # --- tail ---------------------------------------------------------------------------------
 
 
@@ -353,3 +394,57 @@ async def test_dlq_replay_after_a_fix_reaches_the_snapshot(
     session = await wait_for(rescued, 60, what="the replayed session's snapshot")
     assert session["sourceSegments"] == 4
     assert len(await read_all(topics.bootstrap, topics.dlq)) == len(events), "no new letters"
+
+
+async def test_dlq_offsets_in_a_partition_that_does_not_exist_are_an_error(
+    topics: Topics,
+) -> None:
+    await create_topic(topics.bootstrap, topics.dlq, 2)
+    for action in ("replay", "inspect"):
+        done = await run_tool(topics, "dlq", action, "--offset", "1:0", "--offset", "7:3-9")
+        assert done.code == 2, done
+        assert done.err == (
+            f"session-worker dlq {action}: {topics.dlq} has no partition 7 "
+            "(its partitions are 0-1)\n"
+        )
+    fine = await run_tool(topics, "dlq", "replay", "--offset", "1:0")
+    assert (fine.code, fine.err) == (0, "")
+    assert "replayed 0 of 0 dead letters" in fine.out
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+async def test_make_demo_uses_the_broker_and_http_ports_from_the_environment(
+    topics: Topics,
+) -> None:
+    """`make demo` with KAFKA_PORT and WORKER_HTTP_PORT set, as the README says; Ctrl-C ends it."""
+    http_port = free_port()
+    env = {k: v for k, v in topics.worker_env(http_port).items() if k != "WORKER_BOOTSTRAP_SERVERS"}
+    env.update(KAFKA_PORT=topics.bootstrap.rpartition(":")[2], WORKER_LOG_FORMAT="text")
+    process = await asyncio.create_subprocess_exec(
+        "make",
+        "-o",
+        ".venv/.installed",
+        "demo",
+        "DEMO_ARGS=--sessions 3",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C goes to the whole group, as in a terminal
+    )
+    try:
+
+        async def ready() -> bool:
+            status, _ = await asyncio.to_thread(http_get, http_port, "/readyz")
+            return status == 200
+
+        await wait_for(ready, 60, what="the demo's worker to be ready on WORKER_HTTP_PORT")
+        os.killpg(process.pid, signal.SIGINT)
+        done = await finish(process, timeout_s=30)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in done.err
+    assert " events folded into " in done.err.splitlines()[-1], done.err

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import redirect_stdout as redirect
 from pathlib import Path
 
 import orjson
 import pytest
 from rich.console import Console
 
-from tests.unit.builders import T0, encode, ingested, started
-from worker.__main__ import build_parser, main
+from tests.unit.builders import ROOT, T0, encode, ingested, started
+from worker import cli
+from worker.__main__ import main
+from worker.cli import build_parser
+from worker.demo import broker_env, local_port
 from worker.dlq import DeadLetter, OffsetRange, Selection, letter_json, parse_offset_range
 from worker.kafka import StoredRecord, TopicLayout, TopicSpec
 from worker.replay import replay_file
@@ -124,8 +131,169 @@ def test_an_unreachable_broker_is_one_line_and_exit_2(
     code = main(["topics", "create", "--bootstrap-servers", "127.0.0.1:1"])
     assert code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("session-worker topics: cannot ")
+    assert last.startswith("session-worker topics create: cannot ")
     assert "Kafka at 127.0.0.1:1" in last
+
+
+# --- settings on the command line -----------------------------------------------------------
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a child process: what a user sees, tracebacks included."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "complaint"),
+    [
+        (["--rate-window", "0"], {}, "--rate-window=0: Input should be greater than 0"),
+        (["--rate-window", "-5"], {}, "--rate-window=-5: Input should be greater than 0"),
+        (["--log-level", "bogus"], {}, "--log-level=bogus: must be one of DEBUG, INFO"),
+        ([], {"WORKER_RATE_WINDOW_S": "inf"}, "WORKER_RATE_WINDOW_S=inf: Input should be a finite"),
+    ],
+)
+def test_a_bad_replay_setting_is_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], complaint: str, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.ndjson"
+    events.write_bytes(encode(started(T0)) + b"\n")
+    done = run_cli("replay", str(events), *args, **env)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"session-worker replay: invalid {complaint}")
+    assert len(done.stderr.splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_replay_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = run_cli("replay", str(tmp_path / "nope.ndjson"))
+    assert done.returncode == 2
+    missing = tmp_path / "nope.ndjson"
+    assert done.stderr == (
+        f"session-worker replay: cannot read {missing}: No such file or directory\n"
+    )
+
+
+def test_replay_folds_with_the_rule_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Session `a` goes silent at T0 while `b` runs on for 100 s of stream time."""
+    events = tmp_path / "events.ndjson"
+    bodies = [
+        started(T0, sid="a"),
+        ingested(0, sid="a"),
+        started(T0, sid="b"),
+        *(ingested(n, sid="b") for n in range(50)),
+    ]
+    events.write_bytes(b"".join(encode(b) + b"\n" for b in bodies))
+    healthy = {}
+    for stall_min in ("10", "200"):
+        assert main(["replay", str(events), "--stall-min", stall_min]) == 0
+        snapshots = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+        healthy[stall_min] = {s["id"]: s["isHealthy"] for s in snapshots}
+    assert (healthy["10"]["a"], healthy["200"]["a"]) == (False, True)  # stalled, or not yet
+    assert healthy["10"]["b"] == healthy["200"]["b"]
+
+
+def test_help_explains_every_flag_from_the_settings_descriptions() -> None:
+    text = run_help(["run"])
+    flat = "".join(text.split())  # argparse wraps lines, at hyphens too
+    for name, field in Settings.model_fields.items():
+        if name.startswith(cli.HIDDEN_PREFIX):
+            assert cli.flag_name(name) not in text  # the test hook works but is not offered
+            continue
+        assert field.description, f"{name} has no docstring: --help would not explain it"
+        assert f"{cli.flag_name(name)} " in text
+        assert "".join(field.description.split()) in flat
+        assert f"envWORKER_{name.upper()};" in flat
+
+
+def test_each_command_offers_only_the_settings_it_uses() -> None:
+    helps = {path: " ".join(run_help(path.split()).split()) for path in cli.command_settings()}
+    assert "--rate-window" in helps["replay"]
+    assert "--bootstrap-servers" not in helps["replay"]
+    assert "--http-port" not in helps["tail"]
+    assert "--snapshot-topic" in helps["tail"]
+    assert "--sasl-mechanism" in helps["dlq inspect"]
+    assert "--replication-factor" in helps["topics create"]
+    assert "--replication-factor" not in helps["dlq replay"]
+    assert all("--check-config" in text for text in helps.values())
+
+
+def run_help(path: list[str]) -> str:
+    out = io.StringIO()
+    with pytest.raises(SystemExit), redirect(out):
+        main([*path, "--help"])
+    return out.getvalue()
+
+
+def test_every_fold_rule_setting_reaches_the_rules_and_only_those() -> None:
+    """A new fold rule `<x>_ms` with a setting `<x>_s` shows up on `replay` by itself."""
+    fold = cli.fold_rule_settings()
+    assert fold >= {"rate_window_s", "stall_min_s", "retention_s", "idle_timeout_s"}
+    defaults = Settings().rules()
+    for name, field in Settings.model_fields.items():
+        if field.annotation is not float:
+            continue
+        changed = Settings(**{name: 200.0, "commit_interval_s": 5000.0}).rules()  # type: ignore[arg-type]
+        differs = {
+            f.name
+            for f in dataclasses.fields(defaults)
+            if getattr(defaults, f.name) != getattr(changed, f.name)
+        }
+        assert differs == ({name.removesuffix("_s") + "_ms"} if name in fold else set()), name
+
+
+def test_run_with_an_unknown_flag_shows_the_usage_of_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--bogus"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "usage: session-worker run [options]\n"
+        "session-worker run: error: unrecognized arguments: --bogus\n"
+    )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("session-worker ")
+
+
+def test_demo_without_a_broker_is_one_line_with_the_hint() -> None:
+    # 127.0.0.2 is loopback but not an address the demo starts a broker on: it is refused.
+    done = run_cli("demo", "--bootstrap-servers", "127.0.0.2:1", "--http-port", "0")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "session-worker demo: cannot connect to Kafka at 127.0.0.2:1; start one with "
+        "`make kafka-up` or point --bootstrap-servers at one\n"
+    )
+
+
+def test_demo_starts_a_broker_only_on_a_local_address_with_its_own_dirs_off_9092(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("KAFKA_RUN_DIR", "KAFKA_CONTROLLER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert [local_port(s) for s in ("127.0.0.1:9092", "localhost:19092")] == [9092, 19092]
+    assert [local_port(s) for s in ("kafka:9092", "127.0.0.1:1,127.0.0.1:2")] == [None, None]
+    assert broker_env(9092)["KAFKA_PORT"] == "9092"
+    other = broker_env(19092)
+    assert (other["KAFKA_PORT"], other["KAFKA_RUN_DIR"].rsplit("/", 1)[-1]) == (
+        "19092",
+        "run-19092",
+    )
 
 
 # --- dlq selection ------------------------------------------------------------------------
@@ -246,7 +414,8 @@ def test_topic_plan_compacts_snapshots_and_changelog_with_input_partitions() -> 
     assert {spec.partitions for spec in plan.values()} == {12}
     assert plan["snapshots"].config["cleanup.policy"] == "compact"
     assert plan["changelog"].config["cleanup.policy"] == "compact"
-    assert plan["input"].config == {}
+    assert plan["input"].config == {"cleanup.policy": "delete"}
+    assert plan["dlq"].config["cleanup.policy"] == "delete"
 
 
 def test_existing_topics_are_checked_not_altered() -> None:
@@ -264,6 +433,24 @@ def test_existing_topics_are_checked_not_altered() -> None:
     assert notes == ["min.compaction.lag.ms is None (suggested '0'), left as is"]
     problems, notes = check_topic("snapshots", spec, TopicLayout(12, compacted), 6)
     assert (problems, notes) == ([], ["has 12 partitions (suggested 6)"])
+
+
+def test_existing_topics_need_the_replication_asked_for_and_no_compacted_input() -> None:
+    compacted = {"cleanup.policy": "compact"}
+    spec = TopicSpec("c", 6, compacted)
+    layout = TopicLayout(6, compacted, replication=1)
+    problems, _ = check_topic("changelog", spec, layout, 6, replication=3)
+    assert problems == [
+        "replication factor is 1, less than the 3 asked for (--replication-factor); raise it "
+        "with a partition reassignment"
+    ]
+    assert check_topic("changelog", spec, TopicLayout(6, compacted, replication=3), 6, 2) == (
+        [],
+        [],
+    )
+    wanted = {"cleanup.policy": "delete"}
+    problems, _ = check_topic("input", TopicSpec("in", 6, wanted), TopicLayout(6, compacted), 6)
+    assert problems == ["cleanup.policy is 'compact', must be 'delete'"]
 
 
 # --- replay progress ----------------------------------------------------------------------

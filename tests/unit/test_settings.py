@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
+import worker.__main__ as worker_main
 from tests.certs import TlsFiles, write_tls_files
-from worker.__main__ import build_parser, load_settings
+from worker import cli
+from worker.cli import SettingsError, build_parser, load_settings
 from worker.kafka import StartupError, client_options
 from worker.settings import SaslMechanism, SecurityProtocol, Settings
 
@@ -34,12 +39,11 @@ def settings_from(*flags: str) -> Settings:
 
 
 def invalid(*flags: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SettingsError) as error:
         settings_from(*flags)
-    message = str(exit_info.value.code)
+    message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("session-worker: invalid settings: ")
-    return message.removeprefix("session-worker: invalid settings: ")
+    return message
 
 
 def test_defaults_without_env_or_flags() -> None:
@@ -85,14 +89,18 @@ def test_env_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_log_level_is_checked_and_normalized(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings_from("--log-level", "debug").log_level == "DEBUG"
     assert invalid("--log-level", "loud") == (
-        "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        "--log-level=loud: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     )
+    monkeypatch.setenv("WORKER_LOG_LEVEL", "loud")
+    assert invalid().startswith("WORKER_LOG_LEVEL=loud: must be one of")
 
 
 def test_a_bad_value_is_one_line_naming_the_setting() -> None:
-    assert invalid("--http-port", "abc").startswith("http_port: Input should be a valid integer")
+    assert invalid("--http-port", "abc").startswith(
+        "--http-port=abc: Input should be a valid integer"
+    )
     assert invalid("--publish-interval", "0").startswith(
-        "publish_interval_s: Input should be greater than 0"
+        "--publish-interval=0: Input should be greater than 0"
     )
 
 
@@ -106,7 +114,7 @@ def test_the_commit_interval_cannot_be_shorter_than_the_publish_interval() -> No
 def test_the_changelog_format_is_2_unless_an_upgrade_needs_1() -> None:
     assert settings_from().changelog_format == 2
     assert settings_from("--changelog-format", "1").changelog_format == 1
-    assert invalid("--changelog-format", "3").startswith("changelog_format:")
+    assert invalid("--changelog-format", "3").startswith("--changelog-format=3:")
 
 
 def test_the_stall_test_hook_is_an_env_setting(
@@ -237,21 +245,22 @@ def test_a_missing_ca_file_is_a_startup_error(tmp_path: Path) -> None:
     [
         (
             {"WORKER_SECURITY_PROTOCOL": "SASL_SSL", "WORKER_SASL_USERNAME": "alice"},
-            "SASL_SSL needs WORKER_SASL_MECHANISM, WORKER_SASL_PASSWORD",
+            "settings: SASL_SSL needs WORKER_SASL_MECHANISM, WORKER_SASL_PASSWORD",
         ),
         (
             {"WORKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "WORKER_SASL_MECHANISM": "PLAIN"},
-            "SASL_PLAINTEXT needs WORKER_SASL_USERNAME, WORKER_SASL_PASSWORD",
+            "settings: SASL_PLAINTEXT needs WORKER_SASL_USERNAME, WORKER_SASL_PASSWORD",
         ),
         (
             {"WORKER_SASL_PASSWORD": PASSWORD},
-            "SASL settings need security_protocol SASL_PLAINTEXT or SASL_SSL",
+            "settings: SASL settings need security_protocol SASL_PLAINTEXT or SASL_SSL",
         ),
         (
             {"WORKER_SECURITY_PROTOCOL": "SASL_SSL", "WORKER_SASL_MECHANISM": "GSSAPI"},
-            "sasl_mechanism: Input should be 'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'",
+            "WORKER_SASL_MECHANISM=GSSAPI: Input should be 'PLAIN', 'SCRAM-SHA-256' or "
+            "'SCRAM-SHA-512'",
         ),
-        ({"WORKER_SECURITY_PROTOCOL": "TLS"}, "security_protocol: Input should be"),
+        ({"WORKER_SECURITY_PROTOCOL": "TLS"}, "WORKER_SECURITY_PROTOCOL=TLS: Input should be"),
     ],
 )
 def test_contradictory_or_missing_security_settings_fail_before_connecting(
@@ -266,8 +275,202 @@ def test_contradictory_or_missing_security_settings_fail_before_connecting(
 
 def test_tls_files_without_tls_are_refused(tls: TlsFiles) -> None:
     assert invalid("--ssl-cafile", str(tls.ca)) == (
-        "ssl_* files need security_protocol SSL or SASL_SSL"
+        "settings: ssl_* files need security_protocol SSL or SASL_SSL"
     )
     assert invalid("--security-protocol", "SSL", "--ssl-keyfile", str(tls.key)) == (
-        "ssl_keyfile and ssl_key_password need ssl_certfile"
+        "settings: ssl_keyfile and ssl_key_password need ssl_certfile"
     )
+
+
+# --- one validation for every setting of every command -------------------------------------
+
+CANDIDATES = ("", "bogus value!", "-1", "0", "1.5", "inf", "nan", "1e400", "99999999999")
+"""Values tried on every setting; each setting must refuse at least one of them."""
+FREE_FORM = frozenset({"debug_stall_file"})
+"""Settings for which every candidate is a valid value (any path names a test hook file)."""
+COMMAND_ARGV = {
+    "run": ["run"],
+    "demo": ["demo"],
+    "replay": ["replay", "events.ndjson"],
+    "tail": ["tail"],
+    "topics create": ["topics", "create"],
+    "dlq inspect": ["dlq", "inspect"],
+    "dlq replay": ["dlq", "replay", "--all"],
+}
+
+
+@pytest.fixture
+def fast_main(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], int]:
+    """`main` with one parser built for the whole test (building it is most of a call)."""
+    parser = cli.build_parser()
+    monkeypatch.setattr(worker_main, "build_parser", lambda: parser)
+    return worker_main.main
+
+
+def refuses(name: str, value: str, monkeypatch: pytest.MonkeyPatch, env: bool) -> bool:
+    """Whether the Settings model refuses `value` for `name` from the env or as a flag."""
+    with monkeypatch.context() as patch:
+        if env:
+            patch.setenv(cli.env_name(name), value)
+        try:
+            Settings(**({} if env else {name: value}))  # type: ignore[arg-type]
+        except ValidationError:
+            return True
+    return False
+
+
+def only_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_every_setting_refuses_bad_values_with_one_line_and_exit_2(
+    name: str,
+    fast_main: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flag, env = cli.flag_name(name), cli.env_name(name)
+    bad_flags = [v for v in CANDIDATES if refuses(name, v, monkeypatch, env=False)]
+    bad_envs = [v for v in CANDIDATES if refuses(name, v, monkeypatch, env=True)]
+    if name in FREE_FORM:
+        assert bad_flags == bad_envs == []
+        return
+    assert bad_flags, f"{name} accepts every one of {CANDIDATES}"
+    # The same values are refused from the env, but for "": an empty variable is unset.
+    assert set(bad_envs) == set(bad_flags) - {""}
+    for value in CANDIDATES:
+        code = fast_main(["run", f"{flag}={value}", "--check-config"])
+        out, err = capsys.readouterr()
+        if value not in bad_flags:
+            assert (code, err) == (0, ""), (value, err)
+            continue
+        assert code == 2, value
+        line = only_line(err)
+        assert line.startswith("session-worker run: invalid "), line
+        assert f"{flag}=" in line or "invalid settings: " in line, line
+        assert out == ""
+    for value in bad_envs:
+        with monkeypatch.context() as patch:
+            patch.setenv(env, value)
+            code = fast_main(["run", "--check-config"])
+        line = only_line(capsys.readouterr().err)
+        assert code == 2, value
+        assert f"{env}=" in line or "invalid settings: " in line, line
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGV))
+def test_every_command_validates_the_settings_it_takes(
+    command: str,
+    fast_main: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    taken = cli.command_settings()[command]
+    for name in sorted(taken - FREE_FORM):
+        bad = next(v for v in CANDIDATES if refuses(name, v, monkeypatch, env=False))
+        argv = [*COMMAND_ARGV[command], f"{cli.flag_name(name)}={bad}", "--check-config"]
+        assert fast_main(argv) == 2, argv
+        assert only_line(capsys.readouterr().err).startswith(f"session-worker {command}: invalid ")
+    # And a bad environment fails every command the same way, before it does anything.
+    monkeypatch.setenv("WORKER_LOG_LEVEL", "loud")
+    assert fast_main([*COMMAND_ARGV[command], "--check-config"]) == 2
+    assert "WORKER_LOG_LEVEL=loud" in only_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("tail", "--http-port=1"),
+        ("replay", "--bootstrap-servers=k:9092"),
+        ("dlq inspect", "--group-id=g"),
+    ],
+)
+def test_a_flag_the_command_does_not_use_is_refused_with_its_usage(
+    command: str,
+    flag: str,
+    fast_main: Callable[[list[str]], int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        fast_main([*COMMAND_ARGV[command], flag])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: session-worker {command} [options]")
+    assert f"unrecognized arguments: {flag}" in err
+
+
+def test_check_config_prints_the_settings_of_the_command_with_secrets_masked(
+    fast_main: Callable[[list[str]], int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("WORKER_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("WORKER_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("WORKER_SASL_USERNAME", "alice")
+    monkeypatch.setenv("WORKER_SASL_PASSWORD", PASSWORD)
+    assert fast_main(["tail", "--snapshot-topic", "snaps", "--check-config"]) == 0
+    out = capsys.readouterr().out
+    report = orjson.loads(out)
+    assert report["WORKER_SNAPSHOT_TOPIC"] == "snaps"
+    assert report["WORKER_SASL_USERNAME"] == "alice"
+    assert PASSWORD not in out
+    assert "WORKER_HTTP_PORT" not in report  # tail does not serve HTTP
+
+
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_GROUP_INSTANCE_ID", "")
+    monkeypatch.setenv("WORKER_HTTP_PORT", "")
+    settings = settings_from()
+    assert (settings.group_instance_id, settings.http_port) == (None, 9464)
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (
+            ("--bootstrap-servers", "k1:9092,,k2:9092"),
+            "--bootstrap-servers=k1:9092,,k2:9092: must be HOST:PORT",
+        ),
+        (("--bootstrap-servers", "k1:90x2"), "must be HOST:PORT"),
+        (("--bootstrap-servers", "k1:70000"), "port 70000 is not 1-65535"),
+        (("--input-topic", "my topic"), "--input-topic='my topic': must be 1 to 249 characters"),
+        (("--changelog-topic", "x" * 250), "must be 1 to 249 characters"),
+        (("--group-instance-id", "pod/0"), "--group-instance-id=pod/0: must be 1 to 249"),
+        (("--rate-window", "1e400"), "--rate-window=1e400: Input should be a finite number"),
+        (("--idle-timeout", "1e30"), "--idle-timeout=1e30: Input should be less than or equal"),
+        (("--replication-factor", "40000"), "--replication-factor=40000: Input should be less"),
+    ],
+)
+def test_names_numbers_and_brokers_are_checked(flags: tuple[str, str], problem: str) -> None:
+    assert problem in invalid(*flags)
+
+
+def test_brokers_without_a_port_and_ipv6_are_accepted() -> None:
+    servers = "kafka-1,[::1]:9093, kafka-2.example:9092"
+    assert settings_from("--bootstrap-servers", servers).bootstrap_servers == servers
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", "no", "off"])
+def test_a_boolean_flag_takes_a_value_or_none(value: str) -> None:
+    assert settings_from("--create-topics", value).create_topics is False
+    assert settings_from("--create-topics").create_topics is True
+    assert settings_from("--no-create-topics").create_topics is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (("--dlq-topic", "media.segment-events"), "WORKER_INPUT_TOPIC and WORKER_DLQ_TOPIC are"),
+        (("--snapshot-topic", "x", "--dlq-topic", "x"), "WORKER_SNAPSHOT_TOPIC and WORKER_DLQ"),
+        (
+            ("--changelog-topic", "media.sessions"),
+            "WORKER_SNAPSHOT_TOPIC and the changelog topic are both 'media.sessions'",
+        ),
+    ],
+)
+def test_each_role_needs_its_own_topic(flags: tuple[str, ...], problem: str) -> None:
+    assert problem in invalid(*flags)
