@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     """While more input records than this wait, snapshots go out only with the checkpoints
     (every commit interval) so the backlog is folded faster. 0: publish every interval."""
     rate_window_s: Seconds = 10.0
+    inactive_after_s: Seconds = Field(
+        60.0,
+        description="A session without a new segment.ingested for this long is inactive: "
+        "isHealthy null, no issues, rates 0, not republished until it changes",
+    )
     stall_min_s: Seconds = 10.0
     retention_s: Seconds = 300.0
     idle_timeout_s: Seconds = 3600.0
@@ -164,6 +169,7 @@ class Settings(BaseSettings):
     def rules(self) -> Rules:
         return Rules(
             rate_window_ms=round(self.rate_window_s * 1000),
+            inactive_after_ms=round(self.inactive_after_s * 1000),
             stall_min_ms=round(self.stall_min_s * 1000),
             retention_ms=round(self.retention_s * 1000),
             idle_timeout_ms=round(self.idle_timeout_s * 1000),
