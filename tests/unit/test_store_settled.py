@@ -26,6 +26,7 @@ from tests.unit.builders import (
     started,
 )
 from worker import store as store_module
+from worker.session import build_session
 from worker.store import SessionStore
 
 Ticked = tuple[list[tuple[str, bytes]], list[str], list[str], list[str], object]
@@ -167,7 +168,7 @@ def test_inactive_sessions_are_not_rebuilt_and_not_republished(
     assert sum(published[INACTIVE_AFTER // STEP + 2 :]) == 0
     assert SID in store._settled
     built: list[str] = []
-    real = store_module.build_session
+    real = build_session
 
     def counting(*args: Any) -> dict[str, Any]:
         built.append(args[0].session_id)
