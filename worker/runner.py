@@ -273,11 +273,9 @@ class Runner:
         store, metrics, pending = self.store, self.metrics, self._first_pending_ms
         offsets = self._outbox.offsets
         folded_by_type: dict[str, int] = {}
-        newest: dict[int, int] = {}
-        """The newest event timestamp folded per partition: its watermark, for the clock."""
+        newest: dict[int, int] = {}  # per partition: its event-time watermark, for the clock
         for record in records:
-            partition = record.partition
-            offsets[partition] = record.offset + 1
+            offsets[record.partition] = record.offset + 1
             value = record.value
             if value is None:
                 metrics.tombstones.inc()
@@ -286,10 +284,10 @@ class Runner:
             if isinstance(decoded, InvalidRecord):
                 self._dead_letter(record, decoded)
                 continue
-            state = store.apply(decoded, partition)
+            state = store.apply(decoded, record.partition)
             timestamp = decoded.timestamp
-            if timestamp > newest.get(partition, timestamp - 1):
-                newest[partition] = timestamp
+            if timestamp > newest.get(record.partition, timestamp - 1):
+                newest[record.partition] = timestamp
             folded_by_type[decoded.type] = folded_by_type.get(decoded.type, 0) + 1
             if state.session_id not in pending:
                 pending[state.session_id] = record.timestamp

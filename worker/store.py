@@ -1,8 +1,9 @@
 """The in-memory set of sessions owned by this worker: fold, coalesce, expire. Pure, no I/O.
 
-The runner feeds it events and calls `tick(now)` once per publish interval; `tick` returns
-the snapshots that visibly changed and the changelog states to persist, which the runner
-writes to Kafka before committing offsets.
+The runner feeds it events and calls `tick(nows)` once per publish interval (each session
+judged at the `now` of its input partition, see worker/clock.py); `tick` returns the
+snapshots that visibly changed and the changelog states to persist, which the runner writes
+to Kafka before committing offsets.
 """
 
 from __future__ import annotations
