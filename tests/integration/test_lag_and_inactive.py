@@ -133,7 +133,7 @@ async def test_a_stream_that_stops_stalls_then_goes_inactive_and_stays_quiet(
     topics: Topics, start_worker: StartWorker
 ) -> None:
     await create_topic(topics.bootstrap, topics.input, 1)
-    worker = start_worker(WORKER_INACTIVE_AFTER_S="15")
+    worker = start_worker("--inactive-after", "15")
     await worker.wait_ready()
     stopping, heartbeat = "stops-1", "heartbeat-1"
 
