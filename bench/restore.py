@@ -71,6 +71,9 @@ class _NoSource:
     def backlog(self) -> int:
         return 0
 
+    def partition_backlog(self, partition: int) -> int | None:
+        return 0
+
     async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
         return dict.fromkeys(partitions, 0)
 

@@ -133,7 +133,7 @@ def make_server(store: SessionStore, cap: int, generic: bool = False) -> HttpSer
         last_progress=time.monotonic,
         liveness_timeout_s=30,
         lookup=store.get,
-        clock_ms=lambda: 0,
+        clock_ms=lambda _partition: 0,
         rules=store.rules,
     )
     return HttpServer(registry, probes, None if generic else sessions)

@@ -104,7 +104,7 @@ class Worker:
                 last_progress=lambda: self.runner.last_progress,
                 liveness_timeout_s=settings.liveness_timeout_s,
                 lookup=self.store.get,
-                clock_ms=lambda: self.runner.last_tick_ms,
+                clock_ms=self.runner.clock.last,
                 rules=self.store.rules,
             ),
             self.sessions,

@@ -8,9 +8,27 @@ from worker.rules import Rules
 from worker.state import NO_RATIO, SessionState, recent_failures, transcodes_start
 
 
-def is_active(state: SessionState) -> bool:
-    """Active = has had a segment event and has not ended (timed-out sessions are judged)."""
-    return state.first_segment_at is not None and (state.ended_at is None or state.timed_out)
+def silent_since(state: SessionState) -> int | None:
+    """What silence is measured from: the newest segment.ingested, else the first segment
+    event (only transcodes arrived); None before any segment event."""
+    return state.last_seen if state.last_seen is not None else state.first_segment_at
+
+
+def is_inactive(state: SessionState, now_ms: int, rules: Rules) -> bool:
+    """Had segments, but none ingested for longer than `inactive_after` by `now_ms`: rates
+    show 0 and health is not judged until the next one (ended or not)."""
+    since = silent_since(state)
+    return since is not None and now_ms - since > rules.inactive_after_ms
+
+
+def is_active(state: SessionState, now_ms: int, rules: Rules) -> bool:
+    """Judged by the health rules: has had a segment event, has not ended or timed out, and
+    is not inactive."""
+    return (
+        state.first_segment_at is not None
+        and state.ended_at is None
+        and not is_inactive(state, now_ms, rules)
+    )
 
 
 def _median(values: list[float]) -> float:
@@ -26,15 +44,15 @@ def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
     return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
 
 
-def _stall_issue(state: SessionState, now_ms: int, rules: Rules) -> str | None:
-    reference = state.last_seen if state.last_seen is not None else state.first_segment_at
-    if reference is None:
-        return None
-    silent_ms = now_ms - reference
+def _stall_issue(state: SessionState, silent_ms: int, rules: Rules) -> str | None:
+    """Names the threshold, not the silence: the text must not change while it holds."""
     # The threshold is at least stall_min_ms: skip the median while the source is fresh.
-    if silent_ms <= rules.stall_min_ms or silent_ms <= stall_threshold_ms(state, rules):
+    if silent_ms <= rules.stall_min_ms:
         return None
-    return f"No source segments received for {silent_ms // 1000}s"
+    threshold_ms = stall_threshold_ms(state, rules)
+    if silent_ms <= threshold_ms:
+        return None
+    return f"No source segments received for over {threshold_ms / 1000:g}s"
 
 
 def _failure_issue(state: SessionState) -> str | None:
@@ -108,16 +126,19 @@ def _missing_renditions_issue(
 
 
 def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str] | None:
-    """Issues affecting the session at `now_ms`; None while it is not active (isHealthy null).
+    """Issues affecting the session at `now_ms`; None while it is not active (isHealthy null:
+    no segment event yet, ended or timed out, or inactive).
 
-    Runs for every changed session every tick: rules that cannot fire are skipped cheaply."""
-    if state.first_segment_at is None or (state.ended_at is not None and not state.timed_out):
-        return None  # not is_active(state)
-    if state.timed_out:
-        idle_s = rules.idle_timeout_ms // 1000
-        return [f"Session timed out after {idle_s}s without events"]
+    Runs for every changed session every tick: rules that cannot fire are skipped cheaply.
+    Only the stall rule depends on `now_ms` alone; every text changes only with its inputs."""
+    since = silent_since(state)
+    if since is None or state.ended_at is not None:
+        return None
+    silent_ms = now_ms - since
+    if silent_ms > rules.inactive_after_ms:
+        return None  # inactive
     issues: list[str] = []
-    issue = _stall_issue(state, now_ms, rules)
+    issue = _stall_issue(state, silent_ms, rules)
     if issue is not None:
         issues.append(issue)
     if state.failures:

@@ -40,7 +40,8 @@ class Probes:
     """`time.monotonic()` of the consume loop's latest iteration."""
     liveness_timeout_s: float
     lookup: Callable[[str], SessionState | None]
-    clock_ms: Callable[[], int]
+    clock_ms: Callable[[int], int]
+    """`now` of an input partition as the latest tick judged it (what was published)."""
     rules: Rules
 
 
@@ -139,5 +140,5 @@ class HttpServer:
         state = self._probes.lookup(request.match_info["session_id"])
         if state is None:
             return web.json_response({"error": "session not owned by this worker"}, status=404)
-        session = build_session(state, self._probes.clock_ms(), self._probes.rules)
+        session = build_session(state, self._probes.clock_ms(state.partition), self._probes.rules)
         return web.Response(body=orjson.dumps(session), content_type="application/json")

@@ -272,6 +272,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._handler.on_assigned(sorted(tp.partition for tp in assigned))
 
 
+POSITION_TIMEOUT_S: Final = 1.0
+"""A position is known in memory once a partition was fetched from; this bounds the rare
+wait for an offset reset (the partition counts as behind meanwhile)."""
+
+
 class KafkaSource:
     """The input topic in a consumer group, with manual commits."""
 
@@ -292,7 +297,7 @@ class KafkaSource:
         )
         self._max_records = settings.max_poll_records
         self._next_offsets: dict[TopicPartition, int] = {}
-        """Per partition, the offset after the last record fetched (for `backlog`)."""
+        """Per partition, the next offset to hand out (for the backlogs)."""
 
     async def start(self, handler: RebalanceHandler) -> None:
         self._consumer.subscribe([self._topic], listener=_Listener(handler))
@@ -307,6 +312,7 @@ class KafkaSource:
         )
         for tp, batch in batches.items():
             self._next_offsets[tp] = batch[-1].offset + 1
+        await self._settle_positions()
         if len(batches) == 1:
             return list(next(iter(batches.values())))
         return [record for batch in batches.values() for record in batch]
@@ -318,18 +324,50 @@ class KafkaSource:
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment())
 
+    async def _settle_positions(self) -> None:
+        """Where the last record handed out leaves a partition short of its end (or none was
+        handed out since the assignment), take the consumer's position instead: it also
+        steps over transaction markers and aborted records, which no record shows, so a
+        quiet transactional partition is not "behind" for ever. Answered from memory."""
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            end = self._end_offset(tp)
+            if end is None or self._next_offsets.get(tp, -1) >= end:
+                continue
+            try:
+                async with asyncio.timeout(POSITION_TIMEOUT_S):
+                    self._next_offsets[tp] = await consumer.position(tp)
+            except (TimeoutError, KafkaError):
+                continue
+
+    def _end_offset(self, tp: TopicPartition) -> int | None:
+        """The end the brokers last reported (the last stable offset: only committed
+        transactions are read); None before the first fetch response. No request is made."""
+        end: int | None = self._consumer.last_stable_offset(tp)
+        if end is None or end < 0:
+            end = self._consumer.highwater(tp)
+        return end
+
+    def _backlog_of(self, tp: TopicPartition) -> int | None:
+        fetched = self._next_offsets.get(tp)
+        end = self._end_offset(tp)
+        if fetched is None or end is None:
+            return None
+        return max(0, end - fetched)
+
     def backlog(self) -> int:
-        """Records after the last one fetched, up to the end the brokers last reported (the
-        last stable offset: only committed transactions are read). No request is made."""
-        waiting = 0
-        for tp in self._consumer.assignment():
-            fetched = self._next_offsets.get(tp)
-            end = self._consumer.last_stable_offset(tp)
-            if end is None or end < 0:
-                end = self._consumer.highwater(tp)
-            if fetched is not None and end is not None:
-                waiting += max(0, end - fetched)
-        return waiting
+        """Records after the last one handed out, over the assigned partitions whose end is
+        known (see `partition_backlog`). No request is made."""
+        return sum(self._backlog_of(tp) or 0 for tp in self._consumer.assignment())
+
+    def partition_backlog(self, partition: int) -> int | None:
+        """Records of `partition` after the last one handed out, up to the end reported by
+        its latest fetch response; None while unknown (not assigned, or not fetched from
+        since the assignment). No request is made: this runs at every publish slice."""
+        tp = TopicPartition(self._topic, partition)
+        if tp not in self._consumer.assignment():
+            return None
+        return self._backlog_of(tp)
 
     async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
         """The group's committed offset of each partition (None: never committed), asked of

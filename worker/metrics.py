@@ -114,6 +114,11 @@ class WorkerMetrics:
         self.sessions = Gauge(
             f"{p}_sessions_in_memory", "Live sessions held by this worker", registry=registry
         )
+        self.timed_out = Counter(
+            f"{p}_sessions_timed_out",
+            "Sessions ended by the idle timeout (no event for WORKER_IDLE_TIMEOUT_S)",
+            registry=registry,
+        )
         self.rebalances = Counter(
             f"{p}_rebalances", "Partition assignments received", registry=registry
         )

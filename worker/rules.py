@@ -21,6 +21,8 @@ MAX_RATE_ENTRIES: Final = 512
 @dataclass(frozen=True, slots=True)
 class Rules:
     rate_window_ms: int = 10_000
+    inactive_after_ms: int = 60_000
+    """Without a newer segment.ingested for this long, a session is inactive (not judged)."""
     stall_min_ms: int = 10_000
     stall_duration_factor: float = 3.0
     slow_transcode_ratio: float = 1.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.changelog import ChangelogFormatError, decode_state, encode_state
+from worker.clock import PartitionClock
 from worker.events import InvalidRecord, decode_event
 from worker.metrics import WorkerMetrics
 from worker.outbox import (
@@ -45,6 +46,11 @@ class Source(Protocol):
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]: ...
     def backlog(self) -> int:
         """Records known to wait after what was fetched, over the assigned partitions."""
+        ...
+
+    def partition_backlog(self, partition: int) -> int | None:
+        """Records known to wait after what was fetched from `partition` (no request); None
+        while unknown (no fetch response since it was assigned)."""
         ...
 
     async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
@@ -147,6 +153,13 @@ class Runner:
         """When each slot was last refreshed (monotonic): its next refresh waits at least
         one interval from then, so a session publishes at most once per interval."""
         self.clock_ms = clock_ms
+        """The wall clock."""
+        # Late-bound (so the lambdas): tests swap `clock_ms` and `source` of a built runner.
+        self.clock = PartitionClock(
+            lambda: self.clock_ms(),  # noqa: PLW0108
+            lambda partition: self.source.partition_backlog(partition),  # noqa: PLW0108
+        )
+        """`now` per input partition: what each session is judged at (semantics.md)."""
         self._encode_changelog = encode_changelog
         self.lock = asyncio.Lock()
         self.assigned: list[int] = []
@@ -260,6 +273,7 @@ class Runner:
         store, metrics, pending = self.store, self.metrics, self._first_pending_ms
         offsets = self._outbox.offsets
         folded_by_type: dict[str, int] = {}
+        newest: dict[int, int] = {}  # per partition: its event-time watermark, for the clock
         for record in records:
             offsets[record.partition] = record.offset + 1
             value = record.value
@@ -271,9 +285,13 @@ class Runner:
                 self._dead_letter(record, decoded)
                 continue
             state = store.apply(decoded, record.partition)
+            timestamp = decoded.timestamp
+            if timestamp > newest.get(record.partition, timestamp - 1):
+                newest[record.partition] = timestamp
             folded_by_type[decoded.type] = folded_by_type.get(decoded.type, 0) + 1
             if state.session_id not in pending:
                 pending[state.session_id] = record.timestamp
+        self.clock.observe(newest)
         for event_type, count in folded_by_type.items():
             metrics.events.labels(event_type).inc(count)
             self.events_folded += count
@@ -351,14 +369,14 @@ class Runner:
         """Tick one slot (None: every session) and start an outbox with its changed
         snapshots, after any failed write's records; note the changelog records now owed.
         Also returns the first-event times of the sessions published (for the latency)."""
-        now_ms = self.clock_ms()
-        self.last_tick_ms = now_ms
+        nows = self.clock.nows()
+        self.last_tick_ms = self.clock_ms()
         if slot is None:
-            result = self.store.tick(now_ms)
+            result = self.store.tick(nows)
             self._slot_ticked = [time.monotonic()] * self.publish_slices
             pending, self._first_pending_ms = self._first_pending_ms, {}
         else:
-            result = self.store.tick(now_ms, slot, self.publish_slices)
+            result = self.store.tick(nows, slot, self.publish_slices)
             self._slot_ticked[slot] = time.monotonic()
             waiting = self._first_pending_ms
             pending = {
@@ -367,6 +385,15 @@ class Runner:
                 if (ms := waiting.pop(s.session_id, None)) is not None
             }
         self._remember(result)
+        for state in result.timed_out:
+            log.info(
+                "session timed out",
+                extra={
+                    "session": state.session_id,
+                    "idle_timeout_s": self.store.rules.idle_timeout_ms / 1000,
+                },
+            )
+        self.metrics.timed_out.inc(len(result.timed_out))
         return result, pending, self._add_snapshots(self._take_retry(), result)
 
     def _begin_round(self) -> None:
@@ -552,6 +579,7 @@ class Runner:
         count = 0
         for partition, entries in by_partition.items():
             latest: dict[bytes, bytes | None] = {}
+            newest = -1
             for key, value in entries:
                 if key is not None:
                     latest[key] = value
@@ -567,6 +595,11 @@ class Runner:
                     )
                     continue
                 self.store.restore(entry.state, entry.evicted_at)
+                newest = max(newest, entry.state.last_activity)
                 count += 1
+            # Until its first records are folded, the partition's time is where the
+            # restored sessions left off (not the wall clock: a backlog may wait).
+            if newest >= 0:
+                self.clock.observe({partition: newest})
         self.metrics.restored_sessions.inc(count)
         return count

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.health import evaluate_issues
+from worker.health import evaluate_issues, is_inactive
 from worker.profiles import FfmpegProfile, RecordingSpec
 from worker.rules import Rules
 from worker.state import MICROS, SessionState
@@ -90,6 +90,8 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     ingest_entries = len(rates) // 2 - state.outgoing_entries
     ingest = sum([size for ts, size in islice(pairs, ingest_entries) if start < ts <= now_ms])
     outgoing = sum([size for ts, size in pairs if start < ts <= now_ms])
+    if (ingest or outgoing) and is_inactive(state, now_ms, rules):
+        ingest = outgoing = 0  # inactive shows 0 even with a window longer than the silence
     session["sourceSegments"] = state.source_segments
     session["transcodedSegments"] = state.transcoded_segments
     session["sourceSegmentsDuration"] = state.source_duration_us / MICROS

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     (every commit interval) so the backlog is folded faster. 0: publish every interval."""
     rate_window_s: Seconds = 10.0
     """Seconds of the trailing window of ingestRate and outgoingRate."""
+    inactive_after_s: Seconds = 60.0
+    """Seconds without a new segment.ingested after which a session is inactive: isHealthy
+    null, no issues, rates 0, not republished until it changes."""
     stall_min_s: Seconds = 10.0
     """Minimum seconds without source segments before a session is reported stalled."""
     retention_s: Seconds = 300.0
@@ -272,6 +275,7 @@ class Settings(BaseSettings):
     def rules(self) -> Rules:
         return Rules(
             rate_window_ms=round(self.rate_window_s * 1000),
+            inactive_after_ms=round(self.inactive_after_s * 1000),
             stall_min_ms=round(self.stall_min_s * 1000),
             retention_ms=round(self.retention_s * 1000),
             idle_timeout_ms=round(self.idle_timeout_s * 1000),

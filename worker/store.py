@@ -1,18 +1,20 @@
 """The in-memory set of sessions owned by this worker: fold, coalesce, expire. Pure, no I/O.
 
-The runner feeds it events and calls `tick(now)` once per publish interval; `tick` returns
-the snapshots that visibly changed and the changelog states to persist, which the runner
-writes to Kafka before committing offsets.
+The runner feeds it events and calls `tick(nows)` once per publish interval (each session
+judged at the `now` of its input partition, see worker/clock.py); `tick` returns the
+snapshots that visibly changed and the changelog states to persist, which the runner writes
+to Kafka before committing offsets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from worker.clock import everywhere
 from worker.events import Event
-from worker.health import is_active
+from worker.health import is_active, is_inactive
 from worker.rules import Rules
 from worker.session import build_session, encode_session
 from worker.state import ExportedValues, SessionState, expire_windows, fold, new_session
@@ -35,6 +37,8 @@ class TickResult:
     evicted: list[SessionState] = field(default_factory=list)
     forgotten: list[SessionState] = field(default_factory=list)
     """Evicted sessions past their TTL: their changelog keys get tombstones."""
+    timed_out: list[SessionState] = field(default_factory=list)
+    """Sessions just ended by the idle timeout (their snapshot need not change: see tick)."""
 
 
 @dataclass(slots=True)
@@ -83,9 +87,11 @@ class SessionStore:
         self.evicted: dict[str, tuple[SessionState, int]] = {}
         self._dirty: set[str] = set()
         self._settled: set[str] = set()
-        """Ended sessions whose published snapshot is final until their next event: nothing
-        in it depends on `now` any more (rate windows empty, health null or timed out), so
-        a tick skips building it. Runtime only: a restored session starts unsettled."""
+        """Sessions whose published snapshot cannot change until their next event: health
+        is null for good (no segment yet, ended, or inactive, which `now` only deepens) and
+        the rates are 0 for good (windows empty, or inactive). A tick skips building them;
+        it only times them out or evicts them. Runtime only: restored and kept sessions
+        start unsettled (and settle again at their first tick)."""
         self.late_segments = 0
         """Segments too old for the dedupe window since start (a counter, for metrics)."""
 
@@ -182,13 +188,16 @@ class SessionStore:
         result.evicted.append(state)
         result.changed.append(state)
 
-    def tick(self, now_ms: int, slot: int = 0, slots: int = 1) -> TickResult:
-        """Refresh the live sessions of `slot` (of `slots`; one slot: all of them) at
-        `now_ms`: publish changes, time out, evict; slot 0 also forgets past the TTL.
+    def tick(self, now: int | Mapping[int, int], slot: int = 0, slots: int = 1) -> TickResult:
+        """Refresh the live sessions of `slot` (of `slots`; one slot: all of them), each at
+        the `now` of its partition (one int: the same for all): publish changes, time out,
+        evict; slot 0 also forgets past the TTL. A mapping must answer every partition
+        asked (`clock.PartitionNows` computes them on first use).
 
         Slots let the runner spread the work of an interval over slices of it: a session is
         always in the same slot (by the hash of its id), so it is refreshed once per round."""
         rules = self.rules
+        nows = everywhere(now) if isinstance(now, int) else now
         result = TickResult()
         if slots == 1:
             changed_ids, self._dirty = self._dirty, set()
@@ -200,23 +209,32 @@ class SessionStore:
             due = list(members.items())
         settled = self._settled
         for session_id, state in due:
+            now_ms = nows[state.partition]
+            ended_at = state.ended_at
             if session_id in settled:
-                # Its snapshot cannot have changed (see `_settled`): only eviction is due.
-                ended_at = state.ended_at
-                if ended_at is not None and now_ms - ended_at > rules.retention_ms:
-                    self._evict(state, now_ms, result)
-                continue
+                # Its snapshot cannot have changed (see `_settled`): a time-out or an
+                # eviction may be due, nothing else.
+                if ended_at is not None:
+                    if now_ms - ended_at > rules.retention_ms:
+                        self._evict(state, now_ms, result)
+                    continue
+                if now_ms - state.last_activity <= rules.idle_timeout_ms:
+                    continue
+                settled.discard(session_id)  # times out below (its snapshot stays the same)
             # Also sessions that never had a segment (started, then nothing): else they would
             # stay live forever. Those show no issue (isHealthy stays null) but are evicted.
-            if state.ended_at is None and now_ms - state.last_activity > rules.idle_timeout_ms:
+            if ended_at is None and now_ms - state.last_activity > rules.idle_timeout_ms:
                 state.ended_at, state.timed_out = now_ms, True
                 changed_ids.add(session_id)
+                result.timed_out.append(state)
             expire_windows(state, now_ms, rules.rate_window_ms)
             session = build_session(state, now_ms, rules)
             payload = encode_session(session)
             state.exported = exported_values(session)
             digest = hash(payload)
-            if state.ended_at is not None and not state.rates:
+            if session["isHealthy"] is None and (
+                not state.rates or is_inactive(state, now_ms, rules)
+            ):
                 settled.add(session_id)  # from the next tick on: what it shows now is final
             if digest != state.published_hash:
                 state.published_hash = digest
@@ -234,10 +252,13 @@ class SessionStore:
         if slot != 0:
             return result
         for session_id, (state, evicted_at) in list(self.evicted.items()):
-            if now_ms - evicted_at > rules.evicted_ttl_ms:
+            if nows[state.partition] - evicted_at > rules.evicted_ttl_ms:
                 del self.evicted[session_id]
                 result.forgotten.append(state)
         return result
 
-    def active_count(self) -> int:
-        return sum(1 for s in self.live.values() if is_active(s))
+    def active_count(self, now: int | Mapping[int, int]) -> int:
+        """Live sessions judged by the health rules at `now` (see `tick`)."""
+        nows = everywhere(now) if isinstance(now, int) else now
+        rules = self.rules
+        return sum(1 for s in self.live.values() if is_active(s, nows[s.partition], rules))

@@ -101,7 +101,7 @@ def probes(*, ready: bool = False) -> Probes:
         last_progress=lambda: 0.0,
         liveness_timeout_s=30.0,
         lookup=lambda _: None,
-        clock_ms=lambda: 0,
+        clock_ms=lambda _partition: 0,
         rules=Rules(),
     )
 

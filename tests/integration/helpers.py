@@ -117,6 +117,8 @@ class ConsumedRecord:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int = 0
+    """The record's Kafka timestamp (ms): for snapshots, when the worker published it."""
 
 
 async def read_all(bootstrap: str, topic: str) -> list[ConsumedRecord]:
@@ -142,7 +144,9 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumedRecord]:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batches.items():
                 found.extend(
-                    ConsumedRecord(tp.partition, r.offset, r.key, r.value, dict(r.headers))
+                    ConsumedRecord(
+                        tp.partition, r.offset, r.key, r.value, dict(r.headers), r.timestamp
+                    )
                     for r in records
                 )
             for tp in list(remaining):

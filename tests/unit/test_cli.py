@@ -196,7 +196,9 @@ def test_replay_folds_with_the_rule_settings(
     events.write_bytes(b"".join(encode(b) + b"\n" for b in bodies))
     healthy = {}
     for stall_min in ("10", "200"):
-        assert main(["replay", str(events), "--stall-min", stall_min]) == 0
+        # Inactive only after 600 s: `a` is judged stalled (or not), never inactive here.
+        argv = ["replay", str(events), "--stall-min", stall_min, "--inactive-after", "600"]
+        assert main(argv) == 0
         snapshots = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
         healthy[stall_min] = {s["id"]: s["isHealthy"] for s in snapshots}
     assert (healthy["10"]["a"], healthy["200"]["a"]) == (False, True)  # stalled, or not yet

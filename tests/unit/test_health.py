@@ -23,12 +23,13 @@ from tests.unit.builders import (
     started,
     transcoded,
 )
-from worker.health import evaluate_issues, is_active, stall_threshold_ms
+from worker.health import evaluate_issues, is_active, is_inactive, stall_threshold_ms
 from worker.rules import Rules
 from worker.state import SessionState
 from worker.store import SessionStore
 
-TIMEOUT_ISSUE = "Session timed out after 3600s without events"
+STALLED = "No source segments received for over 10s"
+INACTIVE_AFTER = DEFAULT_RULES.inactive_after_ms
 
 
 def health(state: SessionState, now: int, rules: Rules = DEFAULT_RULES) -> tuple[object, ...]:
@@ -40,7 +41,7 @@ def health(state: SessionState, now: int, rules: Rules = DEFAULT_RULES) -> tuple
 def test_healthy_session() -> None:
     state = fold_bodies(segments(5))
     assert health(state, seg_ts(4) + 1000) == (True, [])
-    assert is_active(state)
+    assert is_active(state, seg_ts(4) + 1000, DEFAULT_RULES)
 
 
 # ------------------------------------------------------------------------ not active
@@ -58,7 +59,7 @@ def test_healthy_session() -> None:
 )
 def test_is_healthy_is_null_before_the_first_segment(bodies: list[Json]) -> None:
     state = fold_bodies(bodies)
-    assert not is_active(state)
+    assert not is_active(state, T0, DEFAULT_RULES)
     assert health(state, T0 + 3_600_000) == (None, "omitted")
     assert evaluate_issues(state, T0 + 3_600_000, DEFAULT_RULES) is None
 
@@ -70,7 +71,7 @@ def test_is_healthy_is_null_before_the_first_segment(bodies: list[Json]) -> None
 )
 def test_any_segment_event_makes_the_session_active(segment_event: Json) -> None:
     state = fold_bodies([started(), segment_event])
-    assert is_active(state)
+    assert is_active(state, seg_ts(0) + 1000, DEFAULT_RULES)
     assert health(state, seg_ts(0) + 1000)[0] is not None
 
 
@@ -80,7 +81,7 @@ def test_is_healthy_is_null_after_session_ended_even_with_problems() -> None:
     state = fold_bodies(bodies)
     assert health(state, seg_ts(9) + 60_000)[0] is False
     fold_bodies([ended(seg_ts(10))], state)
-    assert not is_active(state)
+    assert not is_active(state, seg_ts(10), DEFAULT_RULES)
     assert health(state, seg_ts(9) + 60_000) == (None, "omitted")
     assert health(state, seg_ts(9) + 999_999_999) == (None, "omitted")
 
@@ -108,24 +109,36 @@ def test_stall_threshold_uses_the_last_ten_durations() -> None:
     assert stall_threshold_ms(fold_bodies(bodies), DEFAULT_RULES) == 12_000
 
 
-def test_stall_appears_after_the_threshold_and_names_the_silence() -> None:
+def test_stall_appears_after_the_threshold_and_names_it_not_the_silence() -> None:
     state = fold_bodies(segments(5))
     last = seg_ts(4)
     assert health(state, last + 10_000) == (True, [])
-    assert health(state, last + 10_001) == (False, ["No source segments received for 10s"])
-    assert health(state, last + 14_999) == (False, ["No source segments received for 14s"])
+    # The same text for as long as it holds: a stalled session is not republished per tick.
+    for silence in (10_001, 14_999, 31_000, INACTIVE_AFTER):
+        assert health(state, last + silence) == (False, [STALLED]), silence
 
 
 def test_stall_threshold_follows_long_segments() -> None:
     state = fold_bodies([ingested(0, duration=5.0), transcoded(0, duration=5.0)])
     assert health(state, seg_ts(0) + 15_000) == (True, [])
-    assert health(state, seg_ts(0) + 15_001) == (False, ["No source segments received for 15s"])
+    assert health(state, seg_ts(0) + 15_001) == (
+        False,
+        ["No source segments received for over 15s"],
+    )
+
+
+def test_a_threshold_with_a_fraction_is_named_exactly() -> None:
+    state = fold_bodies([ingested(0, duration=4.1), transcoded(0, duration=4.1)])
+    assert health(state, seg_ts(0) + 12_301) == (
+        False,
+        ["No source segments received for over 12.3s"],
+    )
 
 
 def test_stall_clears_when_a_segment_arrives() -> None:
     state = fold_bodies(segments(5))
     now = seg_ts(4) + 30_000
-    assert health(state, now) == (False, ["No source segments received for 30s"])
+    assert health(state, now) == (False, [STALLED])
     fold_bodies([ingested(5, now - 1_000), transcoded(5, now - 500)], state)
     assert health(state, now) == (True, [])
 
@@ -133,13 +146,13 @@ def test_stall_clears_when_a_segment_arrives() -> None:
 def test_stall_only_transcoded_events_counts_from_the_first_segment_event() -> None:
     state = fold_bodies([transcoded(0, T0)])
     assert health(state, T0 + 10_000) == (True, [])
-    assert health(state, T0 + 12_000) == (False, ["No source segments received for 12s"])
+    assert health(state, T0 + 12_000) == (False, [STALLED])
 
 
 def test_other_events_do_not_reset_the_stall() -> None:
     state = fold_bodies(segments(1))
     fold_bodies([transcoded(0, seg_ts(0) + 20_000), started(seg_ts(0) + 20_000)], state)
-    assert health(state, seg_ts(0) + 20_000) == (False, ["No source segments received for 20s"])
+    assert health(state, seg_ts(0) + 20_000) == (False, [STALLED])
 
 
 # ---------------------------------------------------------------------- transcode errors
@@ -318,7 +331,7 @@ def test_every_issue_at_once_in_rule_order() -> None:
     assert health(state, seg_ts(7) + 20_000) == (
         False,
         [
-            "No source segments received for 20s",
+            STALLED,
             "1 segment failed to transcode in the last 10: bad",
             "Transcoding is slower than real time (2.00x segment duration)",
             "Transcoding is 7 segments behind ingest",
@@ -332,8 +345,54 @@ def test_thresholds_are_configurable() -> None:
     state = fold_bodies([*[ingested(n) for n in range(3)], transcoded(0, transcode_time=3.0)])
     assert health(state, seg_ts(2) + 6_001, rules) == (
         False,
-        ["No source segments received for 6s", "Transcoding is 2 segments behind ingest"],
+        ["No source segments received for over 6s", "Transcoding is 2 segments behind ingest"],
     )
+
+
+# ---------------------------------------------------------------------------- inactive
+
+
+def test_inactive_after_the_period_without_source_segments() -> None:
+    state = fold_bodies([started(profiles=PROFILES), *segments(5), failed(5, error="bad")])
+    last = seg_ts(4)
+    assert health(state, last + INACTIVE_AFTER)[0] is False  # stalled, still judged
+    assert is_active(state, last + INACTIVE_AFTER, DEFAULT_RULES)
+    for later in (INACTIVE_AFTER + 1, 10 * INACTIVE_AFTER, DEFAULT_RULES.idle_timeout_ms):
+        assert is_inactive(state, last + later, DEFAULT_RULES)
+        assert not is_active(state, last + later, DEFAULT_RULES)
+        assert health(state, last + later) == (None, "omitted")
+        assert evaluate_issues(state, last + later, DEFAULT_RULES) is None
+
+
+def test_inactive_shows_rates_of_zero_even_within_a_longer_rate_window() -> None:
+    rules = Rules(rate_window_ms=60_000, inactive_after_ms=15_000)
+    state = fold_bodies(segments(5))
+    at = seg_ts(4) + 15_000
+    assert render(state, at, rules)["ingestRate"] > 0
+    session = render(state, at + 1, rules)
+    assert (session["ingestRate"], session["outgoingRate"], session["isHealthy"]) == (0, 0, None)
+
+
+def test_only_a_newer_source_segment_makes_an_inactive_session_active_again() -> None:
+    state = fold_bodies(segments(5))
+    now = seg_ts(4) + INACTIVE_AFTER + 5_000
+    fold_bodies([transcoded(4, now - 1_000), started(now - 1_000), ingested(3, seg_ts(3))], state)
+    assert health(state, now) == (None, "omitted")
+    fold_bodies([ingested(5, now - 1_000)], state)
+    assert health(state, now) == (True, [])
+
+
+def test_a_session_of_transcodes_only_goes_inactive_from_its_first_segment_event() -> None:
+    state = fold_bodies([transcoded(0, T0), transcoded(1, T0 + 50_000)])
+    assert health(state, T0 + INACTIVE_AFTER)[0] is False
+    assert health(state, T0 + INACTIVE_AFTER + 1) == (None, "omitted")
+
+
+def test_the_inactive_period_is_configurable() -> None:
+    rules = Rules(inactive_after_ms=15_000)
+    state = fold_bodies(segments(5))
+    assert health(state, seg_ts(4) + 15_000, rules) == (False, [STALLED])
+    assert health(state, seg_ts(4) + 15_001, rules) == (None, "omitted")
 
 
 # -------------------------------------------------------------------------- time-outs
@@ -345,20 +404,23 @@ def timed_out_store() -> tuple[SessionStore, int]:
         store.apply(decode(body), 0)
     last_activity = seg_ts(4) + 500
     assert store.tick(last_activity).snapshots[0].session["isHealthy"] is True
+    assert store.tick(last_activity + INACTIVE_AFTER).snapshots[0].session["isHealthy"] is None
     now = last_activity + DEFAULT_RULES.idle_timeout_ms + 1
     result = store.tick(now)
-    assert [s.session["issues"] for s in result.snapshots] == [[TIMEOUT_ISSUE]]
+    assert [s.session_id for s in result.timed_out] == [SID]
+    assert result.snapshots == [], "already inactive: the same snapshot, not published again"
+    assert [s.session_id for s in result.changed] == [SID], "the changelog records the end"
     return store, now
 
 
-def test_idle_session_times_out_as_unhealthy() -> None:
+def test_idle_session_times_out_with_is_healthy_null() -> None:
     store, now = timed_out_store()
     state = store.live[SID]
     assert state.timed_out
     assert state.ended_at == now
-    assert is_active(state)
-    assert health(state, now) == (False, [TIMEOUT_ISSUE])
-    assert health(state, now + 10**9) == (False, [TIMEOUT_ISSUE])
+    assert not is_active(state, now, DEFAULT_RULES)
+    assert health(state, now) == (None, "omitted")
+    assert health(state, now + 10**9) == (None, "omitted")
 
 
 def test_idle_exactly_the_timeout_is_not_timed_out() -> None:
@@ -368,7 +430,20 @@ def test_idle_exactly_the_timeout_is_not_timed_out() -> None:
     now = seg_ts(4) + 500 + DEFAULT_RULES.idle_timeout_ms
     result = store.tick(now)
     assert not store.live[SID].timed_out
-    assert result.snapshots[0].session["issues"] == ["No source segments received for 3600s"]
+    assert result.timed_out == []
+    assert result.snapshots[0].session["isHealthy"] is None  # inactive long since
+
+
+def test_a_time_out_before_the_inactive_period_is_published() -> None:
+    rules = Rules(idle_timeout_ms=20_000)
+    store = SessionStore(rules)
+    for body in segments(5):
+        store.apply(decode(body), 0)
+    assert store.tick(seg_ts(4) + 15_000).snapshots[0].session["issues"] == [STALLED]
+    result = store.tick(seg_ts(4) + 30_000)
+    assert [s.session_id for s in result.timed_out] == [SID]
+    assert [s.session["isHealthy"] for s in result.snapshots] == [None]
+    assert "issues" not in result.snapshots[0].session
 
 
 def test_timed_out_session_is_revived_by_a_new_segment() -> None:

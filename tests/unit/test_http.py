@@ -56,7 +56,7 @@ async def server(store: SessionStore) -> AsyncIterator[Server]:
         last_progress=lambda: loop.last_progress,
         liveness_timeout_s=5.0,
         lookup=store.get,
-        clock_ms=lambda: loop.tick_ms,
+        clock_ms=lambda _partition: loop.tick_ms,
         rules=DEFAULT_RULES,
     )
     sessions = SessionCollector(lambda: list(store.live.values()), 100)

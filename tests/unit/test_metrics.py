@@ -109,7 +109,7 @@ def test_unknown_parent_and_project_are_empty_labels(store: SessionStore) -> Non
 
 def test_an_unhealthy_session_counts_its_issues(store: SessionStore) -> None:
     live_session(store)
-    stalled_at = seg_ts(3) + 60_000
+    stalled_at = seg_ts(3) + 30_000
     snapshot = store.tick(stalled_at).snapshots[0].session
     registry = collector_registry(store)
 

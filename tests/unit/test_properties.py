@@ -1,9 +1,12 @@
-"""Property tests: totals do not depend on order, duplication or restarts (semantics.md)."""
+"""Property tests: totals do not depend on order, duplication or restarts, and a catch-up
+shows what a replay shows (semantics.md)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +29,11 @@ from tests.unit.builders import (
     totals,
     transcoded,
 )
+from tests.unit.test_runner import FakeSink, FakeSource, make_runner, record
 from worker.changelog import decode_state, encode_state
 from worker.events import Event
+from worker.replay import replay_lines
+from worker.rules import Rules
 from worker.state import MICROS
 
 NAMES = tuple(RENDITION_BYTES)
@@ -186,3 +192,83 @@ def test_a_restart_anywhere_is_transparent(data: st.DataObject, plan: Plan) -> N
     assert resumed == uninterrupted
     assert totals(resumed) == plan.expected
     assert resumed.session_id == SID
+
+
+# ------------------------------------------- the partition clock during a catch-up
+
+
+@st.composite
+def partition_logs(draw: st.DrawFn) -> dict[int, list[Json]]:
+    """What two input partitions hold: a few sessions each, their events in roughly the
+    order they were produced (segments every ~2 s, transcodes a little later, occasional
+    local reordering), with pauses that reach the stall, inactive and idle-timeout rules,
+    failures, slow transcodes, lag and endings."""
+    logs: dict[int, list[Json]] = {0: [], 1: []}
+    for index in range(draw(st.integers(1, 4))):
+        sid = f"s{index}"
+        partition = draw(st.integers(0, 1))
+        at = T0 + draw(st.integers(0, 20_000))
+        bodies: list[Json] = [started(at, sid=sid)]
+        for seq_no in range(draw(st.integers(0, 30))):
+            at += SEGMENT_MS + draw(
+                st.sampled_from([0, 0, 0, 300, 12_000, 25_000, 70_000, 2 * 3_600_000])
+            )
+            if draw(st.integers(0, 9)) > 0:
+                bodies.append(ingested(seq_no, at, sid=sid, size=draw(st.integers(0, 2_000_000))))
+            outcome = draw(st.sampled_from(["ok", "ok", "ok", "slow", "failed", "none"]))
+            later = at + draw(st.integers(100, 3_000))
+            if outcome == "failed":
+                bodies.append(failed(seq_no, later, sid=sid))
+            elif outcome != "none":
+                time = 3.0 if outcome == "slow" else 1.0
+                bodies.append(transcoded(seq_no, later, sid=sid, transcode_time=time))
+        if draw(st.booleans()):
+            bodies.append(ended(at + draw(st.integers(0, 5_000)), sid=sid))
+        logs[partition] += bodies
+    for partition, bodies in logs.items():
+        bodies.sort(key=lambda body: body["timestamp"])
+        for i in draw(st.lists(st.integers(0, max(0, len(bodies) - 2)), max_size=5)):
+            if len(bodies) > 1:
+                bodies[i], bodies[i + 1] = bodies[i + 1], bodies[i]
+        logs[partition] = bodies
+    return logs
+
+
+def replayed(bodies: list[Json]) -> dict[str, Json]:
+    """`session-worker replay` of these events: every session at stream time."""
+    snapshots, _, invalid = replay_lines(
+        [orjson.dumps(body) for body in bodies], Rules(), io.StringIO()
+    )
+    assert invalid == 0
+    return {s["id"]: s for s in map(orjson.loads, snapshots)}
+
+
+@settings(PROPERTY_SETTINGS, max_examples=60, derandomize=True)
+@given(data=st.data(), logs=partition_logs())
+async def test_a_catch_up_shows_what_a_replay_of_the_same_events_shows(
+    data: st.DataObject, logs: dict[int, list[Json]]
+) -> None:
+    """A worker that comes back a day later folds both partitions' backlogs in fetches of
+    any size, publishing after each: every session's latest snapshot, rates and health
+    included, equals a replay (stream time) of what its partition has delivered so far."""
+    wall = max((b["timestamp"] for bodies in logs.values() for b in bodies), default=T0)
+    source = FakeSource(behind={0: None, 1: None})
+    runner = make_runner(FakeSink(), source=source)
+    runner.clock_ms = lambda: wall + 24 * 3_600_000
+    await runner.on_assigned([0, 1])
+    delivered: dict[int, int] = {0: 0, 1: 0}
+    latest: dict[str, Json] = {}
+    while any(delivered[p] < len(logs[p]) for p in logs):
+        partition = data.draw(st.sampled_from([p for p in logs if delivered[p] < len(logs[p])]))
+        start = delivered[partition]
+        count = data.draw(st.integers(1, max(1, len(logs[partition]) - start)))
+        batch = logs[partition][start : start + count]
+        runner._process([record(partition, start + n, body) for n, body in enumerate(batch)])
+        delivered[partition] += len(batch)
+        for p, bodies in logs.items():
+            source.behind[p] = len(bodies) - delivered[p] or 1  # still behind: more to come
+        result, _, _ = runner._publish(None)
+        latest.update((s.session_id, s.session) for s in result.snapshots)
+        for p, bodies in logs.items():
+            expected = replayed(bodies[: delivered[p]])
+            assert {sid: latest.get(sid) for sid in expected} == expected

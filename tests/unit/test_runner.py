@@ -40,6 +40,8 @@ class FakeSource:
     """What `backlog` reports: records the broker holds beyond the batches."""
     group_offsets: dict[int, int] | None = None
     """The group's committed offsets (`make_runner` shares the sink's); None: unavailable."""
+    behind: dict[int, int | None] = field(default_factory=dict)
+    """What `partition_backlog` reports for partitions not caught up."""
 
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
         await asyncio.sleep(0)
@@ -47,6 +49,10 @@ class FakeSource:
 
     def backlog(self) -> int:
         return self.waiting
+
+    def partition_backlog(self, partition: int) -> int | None:
+        """Every partition caught up, unless `behind` says otherwise (None: unknown)."""
+        return self.behind.get(partition, 0)
 
     async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
         if self.group_offsets is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -241,8 +241,8 @@ async def test_no_session_is_refreshed_twice_within_an_interval_by_the_loop() ->
     refreshed: dict[str, list[float]] = {}
     tick = runner.store.tick
 
-    def timed_tick(now_ms: int, slot: int = 0, slots: int = 1) -> TickResult:
-        result = tick(now_ms, slot, slots)
+    def timed_tick(now: int | Mapping[int, int], slot: int = 0, slots: int = 1) -> TickResult:
+        result = tick(now, slot, slots)
         for snapshot in result.snapshots:
             refreshed.setdefault(snapshot.session_id, []).append(time.monotonic())
         return result

@@ -117,6 +117,14 @@ def test_the_changelog_format_is_2_unless_an_upgrade_needs_1() -> None:
     assert invalid("--changelog-format", "3").startswith("--changelog-format=3:")
 
 
+def test_the_inactive_period_reaches_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from().rules().inactive_after_ms == 60_000
+    monkeypatch.setenv("WORKER_INACTIVE_AFTER_S", "30")
+    assert settings_from().rules().inactive_after_ms == 30_000
+    assert settings_from("--inactive-after", "15.5").rules().inactive_after_ms == 15_500
+    assert invalid("--inactive-after", "0").startswith("--inactive-after=0:")
+
+
 def test_the_stall_test_hook_is_an_env_setting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

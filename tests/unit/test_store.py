@@ -84,7 +84,9 @@ def test_apply_folds_into_the_same_state(store: SessionStore) -> None:
 def test_active_count(store: SessionStore) -> None:
     apply_all(store, [started(sid="a"), ingested(0, sid="b"), ingested(0, sid="c")])
     apply_all(store, [ended(T0 + 1, sid="c")])
-    assert store.active_count() == 1
+    assert store.active_count(seg_ts(0)) == 1
+    assert store.active_count(seg_ts(0) + DEFAULT_RULES.inactive_after_ms + 1) == 0  # inactive
+    assert store.active_count({0: seg_ts(0)}) == 1
 
 
 # ---------------------------------------------------------------------------- coalescing
@@ -142,9 +144,16 @@ def test_tick_publishes_only_when_the_json_changed(store: SessionStore) -> None:
 def test_an_issue_appearing_is_published_without_any_event(store: SessionStore) -> None:
     apply_all(store, segments(1))
     store.tick(T0 + 500)
-    result = store.tick(T0 + 60_000)
+    result = store.tick(T0 + 30_000)
     assert ids(result) == only(snapshots=True, changed=True)
-    assert result.snapshots[0].session["issues"] == ["No source segments received for 60s"]
+    assert result.snapshots[0].session["issues"] == ["No source segments received for over 10s"]
+    # While the stall holds nothing visible changes: nothing is published (issue 12, part 4).
+    for later in range(T0 + 31_000, T0 + DEFAULT_RULES.inactive_after_ms, 1_000):
+        assert ids(store.tick(later)) == nothing(), later
+    inactive = store.tick(T0 + DEFAULT_RULES.inactive_after_ms + 1)
+    assert [(s.session["isHealthy"], "issues" in s.session) for s in inactive.snapshots] == [
+        (None, False)
+    ]
 
 
 def test_only_changed_sessions_are_published(store: SessionStore) -> None:
@@ -175,7 +184,7 @@ def test_ended_session_is_evicted_after_the_retention() -> None:
     assert result.evicted[0] is state
     assert SID not in store.live
     assert store.evicted[SID] == (state, end_at + RETENTION + 1)
-    assert store.active_count() == 0
+    assert store.active_count(end_at + RETENTION + 1) == 0
     assert ids(store.tick(end_at + RETENTION + 2)) == nothing()
 
 
@@ -264,7 +273,9 @@ def test_timed_out_session_is_evicted_after_the_retention(store: SessionStore) -
     apply_all(store, segments(3))
     timeout_at = seg_ts(2) + 500 + DEFAULT_RULES.idle_timeout_ms + 1
     result = store.tick(timeout_at)
-    assert result.snapshots[0].session["isHealthy"] is False
+    assert result.snapshots[0].session["isHealthy"] is None
+    assert "issues" not in result.snapshots[0].session
+    assert [s.session_id for s in result.timed_out] == [SID]
     assert ids(store.tick(timeout_at + RETENTION)) == nothing()
     assert ids(store.tick(timeout_at + RETENTION + 1))["evicted"] == [SID]
 

@@ -1,6 +1,7 @@
 """The tick's shortcut for settled sessions changes nothing a tick returns.
 
-`SessionStore` skips rebuilding ended sessions whose snapshot can no longer change. Each
+`SessionStore` skips rebuilding sessions whose snapshot can no longer change (ended with
+empty rate windows, inactive, or without a segment yet). Each
 scenario runs twice, with the shortcut and with it disabled, and every tick's result
 (snapshot payloads, changelog, evictions, tombstones) and the exported numbers must match.
 """
@@ -8,6 +9,7 @@ scenario runs twice, with the shortcut and with it disabled, and every tick's re
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,8 @@ from tests.unit.builders import (
     segments,
     started,
 )
+from worker import store as store_module
+from worker.session import build_session
 from worker.store import SessionStore
 
 Ticked = tuple[list[tuple[str, bytes]], list[str], list[str], list[str], object]
@@ -121,3 +125,80 @@ def test_the_shortcut_is_taken_once_the_windows_are_empty() -> None:
     assert SID in store._settled
     store.apply(decode(ingested(9)), 0)
     assert SID not in store._settled
+
+
+# ---------------------------------------------------------------------------- inactive
+
+INACTIVE_AFTER = DEFAULT_RULES.inactive_after_ms
+IDLE = DEFAULT_RULES.idle_timeout_ms
+
+
+def test_inactive_session_through_its_time_out_until_eviction() -> None:
+    bodies = [started(), *segments(5)]
+    ticks = every_second(seg_ts(4), 90)
+    ticks += [seg_ts(4) + IDLE + n * STEP for n in range(-2, 3)]
+    ticks += [seg_ts(4) + IDLE + RETENTION + n for n in range(3)]
+    assert run(bodies, ticks, settle=True) == run(bodies, ticks, settle=False)
+
+
+@pytest.mark.parametrize("at_tick", [30, 65, 80])
+def test_a_source_segment_wakes_an_inactive_session_up(at_tick: int) -> None:
+    bodies = [*segments(5)]
+    ticks = every_second(seg_ts(4), 100)
+
+    def resumed(store: SessionStore, index: int) -> None:
+        if index == at_tick:
+            store.apply(decode(ingested(5, ticks[index] - 1)), 0)
+
+    settled = run(bodies, ticks, True, resumed)
+    assert settled == run(bodies, ticks, False, resumed)
+    assert settled[at_tick][0], "published again with the segment"
+
+
+def test_inactive_sessions_are_not_rebuilt_and_not_republished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = SessionStore(DEFAULT_RULES)
+    for body in segments(5):
+        store.apply(decode(body), 0)
+    last = seg_ts(4)
+    published = [len(store.tick(now).snapshots) for now in every_second(last, 75)]
+    # Healthy, decaying rates, the stall issue once, then inactive once: then nothing.
+    assert published[INACTIVE_AFTER // STEP + 1] == 1
+    assert sum(published[INACTIVE_AFTER // STEP + 2 :]) == 0
+    assert SID in store._settled
+    built: list[str] = []
+    real = build_session
+
+    def counting(*args: Any) -> dict[str, Any]:
+        built.append(args[0].session_id)
+        return real(*args)
+
+    monkeypatch.setattr(store_module, "build_session", counting)
+    for now in every_second(last + 80_000, 100):
+        assert store.tick(now).snapshots == []
+    assert built == []
+
+
+def test_a_kept_inactive_session_is_not_republished_and_a_restored_one_once() -> None:
+    store = SessionStore(DEFAULT_RULES)
+    for body in segments(5):
+        store.apply(decode(body), 2)
+    inactive_at = seg_ts(4) + INACTIVE_AFTER + 1
+    assert store.tick(inactive_at).snapshots[0].session["isHealthy"] is None
+
+    store.adopt(store.take_partitions([2])[2])  # kept through a rebalance
+    assert store.tick(inactive_at + STEP).snapshots == []
+    assert SID in store._settled
+
+    state = store.take_partitions([2])[2].live[0]
+    store.restore(state, None)  # read back from the changelog: republished once
+    assert len(store.tick(inactive_at + 2 * STEP).snapshots) == 1
+    assert store.tick(inactive_at + 3 * STEP).snapshots == []
+    assert SID in store._settled
+
+
+def test_a_session_that_never_had_a_segment_settles_until_its_time_out() -> None:
+    bodies = [started()]
+    ticks = [*every_second(T0, 5), T0 + IDLE + 1, T0 + IDLE + RETENTION + 2]
+    assert run(bodies, ticks, settle=True) == run(bodies, ticks, settle=False)
