@@ -426,6 +426,8 @@ class Runner:
 
     async def _write(self, checkpoint: _Checkpoint) -> None:
         outbox, result = checkpoint.outbox, checkpoint.result
+        # Counted before writing: the exactly-once sink drops each partition once committed.
+        written = Counter(r.topic for rs in outbox.records.values() for r in rs)
         try:
             timings = (
                 await self.sink.checkpoint(outbox)
@@ -449,7 +451,6 @@ class Runner:
         if outbox.offsets:
             metrics.commit_latency.observe(timings.commit_s)
             self._committed.update(outbox.offsets)
-        written = Counter(r.topic for rs in outbox.records.values() for r in rs)
         written.subtract(u.record.topic for u in timings.unwritten)
         metrics.snapshots.inc(written[self.topics.snapshots])
         metrics.changelog_records.inc(written[self.topics.changelog])
