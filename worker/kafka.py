@@ -70,9 +70,45 @@ RETRY_BACKOFF_MS: Final = 500
 default is 100): while a broker is down, fewer attempts, log lines and CPU."""
 
 
+METADATA_BACKOFF_MAX_S: Final = 2.0
+"""Longest pause between failed metadata updates: how late, at worst, a client notices that
+the broker is back."""
+
+
 def client_backoff_options() -> dict[str, Any]:
     """Retry pacing of every client (see RETRY_BACKOFF_MS)."""
     return {"retry_backoff_ms": RETRY_BACKOFF_MS}
+
+
+def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff: base, 2 x base, 4 x base, ... up to cap (0 before a failure)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap_s, base_s * 2 ** min(failures - 1, 32)))
+
+
+def pace_metadata_updates(
+    client: Any, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Make an aiokafka client wait between failed metadata updates.
+
+    aiokafka retries a failed update as soon as anyone asks, and its fetcher and sender ask
+    in a loop while a partition has no known leader: with the broker down that was ~7,000
+    attempts (and two ERROR lines each) per second and a whole core. aiokafka has no option
+    for it (no reconnect backoff), so the client's update is wrapped: after n failures in a
+    row it reports the failure only after `backoff_s(n)`, which paces every waiter.
+    """
+    update = client._metadata_update
+    failures = 0
+
+    async def paced(cluster_metadata: Any, topics: Any) -> bool:
+        nonlocal failures
+        updated = bool(await update(cluster_metadata, topics))
+        failures = 0 if updated else failures + 1
+        await sleep(backoff_s(failures, RETRY_BACKOFF_MS / 1000, METADATA_BACKOFF_MAX_S))
+        return updated
+
+    client._metadata_update = paced
 
 
 class StartupError(RuntimeError):
@@ -289,6 +325,7 @@ class KafkaSource:
             fetch_max_bytes=16 * 1024 * 1024,
             isolation_level="read_committed",
         )
+        pace_metadata_updates(self._consumer._client)
         self._max_records = settings.max_poll_records
         self._next_offsets: dict[TopicPartition, int] = {}
         """Per partition, the offset after the last record fetched (for `backlog`)."""
@@ -418,7 +455,7 @@ class AtLeastOnceSink:
         self.limits = RecordLimits(PRODUCER_MAX_REQUEST_BYTES)
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             **client_options(self._settings),
             **client_backoff_options(),
             acks="all",
@@ -427,6 +464,8 @@ class AtLeastOnceSink:
             max_batch_size=512 * 1024,
             max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
+        pace_metadata_updates(producer.client)
+        return producer
 
     async def start(self) -> None:
         try:
@@ -623,6 +662,7 @@ class TransactionalSink:
                 max_request_size=PRODUCER_MAX_REQUEST_BYTES,
                 transactional_id=self.transactional_id(partition),
             )
+            pace_metadata_updates(producer.client)
             await producer.start()
             self._producers[partition] = producer
 
