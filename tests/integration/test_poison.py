@@ -290,3 +290,56 @@ async def test_huge_valid_metadata_is_published(
     assert snapshot["name"] == "n" * 500
     assert await read_all(topics.bootstrap, topics.dlq) == []
     assert worker.terminate() == 0
+
+
+async def lower_topic_limit(bootstrap: str, topic: str, limit: int) -> None:
+    from aiokafka.admin.config_resource import (  # noqa: PLC0415
+        ConfigResource,
+        ConfigResourceType,
+    )
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)}
+        )
+        await admin.alter_configs([resource])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_limit_lowered_while_running_is_learned_from_the_refusal(
+    topics: Topics, start_worker: StartWorker, guarantee: str
+) -> None:
+    """The limits read at startup are stale: the broker refuses a batch, which breaks the
+    producer's sequence. The producer is replaced and the retry leaves the culprit out."""
+    await create_topic_with(topics.bootstrap, topics.input, 1, {})
+    start_ms = int(time.time() * 1000) - 120_000
+    early = session_events("early", 2, start_ms)
+    await produce_large(topics.bootstrap, topics.input, event_records(early))
+    worker = start_worker(WORKER_PROCESSING_GUARANTEE=guarantee)
+    await worker.wait_ready()
+    await wait_totals(topics, expected_totals(early))
+    await lower_topic_limit(topics.bootstrap, topics.snapshots, 8000)
+    large = session_events("large", 5, start_ms)
+    large[0] = huge_metadata("large", start_ms)
+    small = session_events("small", 5, start_ms)
+    interleaved = [e for pair in zip(large, small, strict=True) for e in pair]
+    await produce_large(topics.bootstrap, topics.input, event_records(interleaved))
+    await wait_totals(topics, expected_totals(small))
+    labels = {"topic_role": "snapshots", "reason": "too_large"}
+
+    async def counted() -> float:
+        return labelled_metric(worker.port, "session_worker_unwritable_records_total", labels)
+
+    await wait_for(counted, 30, what="the unwritable snapshot counted")
+    await wait_for(lambda: committed_to_end(topics), 30, what="offsets committed to the end")
+    assert "large" not in await latest_snapshots(topics.bootstrap, topics.snapshots)
+    assert "batch of" in worker.logs(), "the refusal was seen and retried"
+    later = session_events("later", 3, start_ms + 1000)
+    await produce_large(topics.bootstrap, topics.input, event_records(later))
+    await wait_totals(topics, expected_totals(later))
+    assert worker.process.poll() is None
+    assert worker.terminate() == 0
