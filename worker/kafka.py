@@ -577,6 +577,7 @@ async def _send_all(
     batches: dict[tuple[str, int], tuple[Any, int]] = {}
     layouts: dict[str, list[int]] = {}
     sent: list[tuple[str, int, Any]] = []
+    caps: dict[str, int] = {}
     spread = 0
     for r, size in records:
         partition = r.partition
@@ -593,7 +594,7 @@ async def _send_all(
         grows = size - BATCH_HEADER_BYTES
         batch, used = batches.get((r.topic, partition), (None, 0))
         if batch is not None and (
-            used + grows > limits.of(r.topic)
+            used + grows > (caps.get(r.topic) or caps.setdefault(r.topic, limits.of(r.topic)))
             or not batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
         ):  # full: send it and start the next one (the first record always fits)
             sent.append(

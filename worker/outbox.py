@@ -234,15 +234,23 @@ def screen(records: dict[int, list[OutRecord]], limits: RecordLimits, dlq_topic:
     unwritten: list[Unwritten] = []
     truncated: list[OutRecord] = []
     compacted = limits.compacted
+    topic_limits: dict[str, int] = {}
+    bare = record_size(b"", b"", ())  # a record without headers: this plus key and value
     for partition, rs in records.items():
         for record in rs:
-            if record.key is None and record.topic in compacted:
+            topic, key, value, headers = record[:4]
+            if key is None and topic in compacted:
                 unwritten.append(Unwritten(record, partition, "invalid_record"))
                 continue
-            limit = limits.of(record.topic)
-            size = record_size(record.key, record.value, record.headers)
+            limit = topic_limits.get(topic)
+            if limit is None:
+                limit = topic_limits[topic] = limits.of(topic)
+            if headers:
+                size = record_size(key, value, headers)
+            else:  # the common case (snapshots, changelog), inlined: ~50k per checkpoint
+                size = bare + (len(key) if key else 0) + (len(value) if value else 0)
             if size > limit:
-                fitted = fit_dead_letter(record, limit) if record.topic == dlq_topic else None
+                fitted = fit_dead_letter(record, limit) if topic == dlq_topic else None
                 if fitted is None:
                     unwritten.append(Unwritten(record, partition, "too_large"))
                     continue
