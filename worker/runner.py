@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,20 +28,16 @@ from worker.changelog import ChangelogFormatError, decode_state, encode_state
 from worker.events import InvalidRecord, decode_event
 from worker.metrics import WorkerMetrics
 from worker.outbox import (
-    DLQ_OFFSET_HEADER,
-    DLQ_PARTITION_HEADER,
-    DLQ_TOPIC_HEADER,
-    DLQ_TRUNCATED_HEADER,
     CheckpointError,
     CheckpointTimings,
     InputRecord,
     Outbox,
     OutRecord,
-    Unwritten,
     dead_letter,
 )
 from worker.state import SessionState
 from worker.store import PartitionSessions, SessionStore, TickResult, slot_of
+from worker.unwritable import report_given_up
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +58,9 @@ class Sink(Protocol):
     async def open_partitions(self, partitions: Sequence[int]) -> None: ...
     async def close_partitions(self, partitions: Sequence[int]) -> None: ...
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
-        """Write every record and commit the offsets; raise (and commit nothing) on failure."""
+        """Write every record and commit the offsets; raise (and commit nothing) on failure.
+        A record that can never be written is not a failure: it is left out and returned
+        in `unwritten` (too-large dead letters are cut to fit and returned in `truncated`)."""
         ...
 
 
@@ -435,7 +433,7 @@ class Runner:
                 else CheckpointTimings(0.0, 0.0)  # a slice in which nothing changed
             )
         except CheckpointError as error:
-            self._report_given_up(error.unwritten, error.truncated)
+            report_given_up(self.metrics, self.topics, error.unwritten, error.truncated)
             if not error.retriable:
                 raise
             # Nothing was committed: the next write sends all of it again, first.
@@ -444,7 +442,7 @@ class Runner:
             self._retry = outbox  # (prepared outboxes took the previous retry in)
             self._first_pending_ms = {**self._first_pending_ms, **checkpoint.pending}
             return
-        self._report_given_up(timings.unwritten, timings.truncated)
+        report_given_up(self.metrics, self.topics, timings.unwritten, timings.truncated)
         metrics = self.metrics
         if outbox.records:
             metrics.publish_latency.observe(timings.publish_s)
@@ -464,45 +462,6 @@ class Runner:
         self._observe_end_to_end([s.session_id for s in result.snapshots], checkpoint.pending)
         for state in result.evicted:
             log.info("session evicted", extra={"session": state.session_id})
-
-    def _report_given_up(
-        self, unwritten: Sequence[Unwritten], truncated: Sequence[OutRecord]
-    ) -> None:
-        """Count and log what a write held back for good (its offsets are committed all the
-        same: retrying could never succeed) and the dead letters it cut to fit."""
-        roles = {
-            self.topics.snapshots: "snapshots",
-            self.topics.changelog: "changelog",
-            self.topics.dead_letters: "dead_letters",
-        }
-        for item in unwritten:
-            record = item.record
-            role = roles.get(record.topic, "other")
-            self.metrics.unwritable.labels(role, item.reason).inc()
-            # A changelog record lost means a restart before this session's next record that
-            # fits restores an older state of it: loud, not silent (docs/troubleshooting.md).
-            log.error(
-                "record cannot be written; skipped",
-                extra={
-                    "topic": record.topic,
-                    "role": role,
-                    "reason": item.reason,
-                    "bytes": len(record.value or b"") + len(record.key or b""),
-                    "key": (record.key or b"").decode(errors="replace")[:200],
-                    **_source_of(record, item.input_partition),
-                },
-            )
-        for record in truncated:
-            self.metrics.truncated_dead_letters.inc()
-            headers = dict(record.headers)
-            log.warning(
-                "dead letter truncated to fit",
-                extra={
-                    "original_bytes": _int_header(headers, DLQ_TRUNCATED_HEADER),
-                    "written_bytes": len(record.value or b""),
-                    **_source_of(record, None),
-                },
-            )
 
     def _changelog_record(
         self, partition: int, session_id: str, payload: bytes | None
@@ -616,23 +575,3 @@ class Runner:
                 count += 1
         self.metrics.restored_sessions.inc(count)
         return count
-
-
-def _source_of(record: OutRecord, input_partition: int | None) -> dict[str, object]:
-    """Where a record came from: a dead letter names its input record in its headers, other
-    records only their input partition."""
-    headers = dict(record.headers)  # the last of a name wins: ours follow the input's own
-    if DLQ_OFFSET_HEADER in headers:
-        return {
-            "source_topic": (headers.get(DLQ_TOPIC_HEADER) or b"").decode(errors="replace"),
-            "source_partition": _int_header(headers, DLQ_PARTITION_HEADER),
-            "source_offset": _int_header(headers, DLQ_OFFSET_HEADER),
-        }
-    return {"source_partition": input_partition}
-
-
-def _int_header(headers: Mapping[str, bytes | None], name: str) -> int | None:
-    try:
-        return int(headers.get(name) or b"")
-    except ValueError:
-        return None
