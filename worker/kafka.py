@@ -749,6 +749,7 @@ async def read_partitions(
         fetch_max_bytes=32 * 1024 * 1024,
         isolation_level="read_committed",
     )
+    pace_metadata_updates(reader._client)
     await reader.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
