@@ -55,14 +55,16 @@ async def test_a_10s_outage_gives_few_log_lines_little_cpu_and_exact_totals(
     topics = Topics(f"127.0.0.1:{private_broker['KAFKA_PORT']}")
     await create_topic(topics.bootstrap, topics.input, 3)
     events = ending_stream(seed=61, sessions=12)
-    half = len(events) // 2
-    await produce(topics.bootstrap, topics.input, event_records(events[:half]))
+    third = len(events) // 3
+    await produce(topics.bootstrap, topics.input, event_records(events[:third]))
     worker = WorkerProcess(topics.worker_env(free_port()), tmp_path / "worker.log")
     try:
         await worker.wait_ready()
-        await wait_for_totals_of(topics, expected_totals(events[:half]))
+        await wait_for_totals_of(topics, expected_totals(events[:third]))
         log_offset = worker.log_path.stat().st_size
         cpu_before = cpu_seconds(worker.process.pid)
+        # Under load: the broker goes away while the worker folds and writes these.
+        await produce(topics.bootstrap, topics.input, event_records(events[third : 2 * third]))
         await asyncio.to_thread(run_script, "down", private_broker)
         stopped = time.monotonic()
         await asyncio.sleep(OUTAGE_S - (time.monotonic() - stopped))  # the outage itself
@@ -71,7 +73,7 @@ async def test_a_10s_outage_gives_few_log_lines_little_cpu_and_exact_totals(
         assert worker.process.poll() is None, worker.logs()
         restart = {**private_broker, "KAFKA_KEEP_DATA": "1"}
         await asyncio.to_thread(run_script, "up", restart)
-        await produce(topics.bootstrap, topics.input, event_records(events[half:]))
+        await produce(topics.bootstrap, topics.input, event_records(events[2 * third :]))
         await converged(topics, expected_totals(events), timeout_s=120)
         after = lines_since(worker.log_path, log_offset)
         summary = Counter(str(line["message"])[:80] for line in after)
