@@ -34,6 +34,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     RequestTimedOutError,
     TopicAlreadyExistsError,
+    UnknownError,
 )
 from aiokafka.partitioner import murmur2
 
@@ -552,7 +553,10 @@ def _key_hash(key: bytes) -> int:
 
 SIZE_REFUSALS: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 """The broker (or producer) refused a batch for its size: no retry of the same batch helps."""
-BROKEN_BY_REFUSAL: Final = (*SIZE_REFUSALS, CorruptRecordException, OutOfOrderSequenceNumber)
+INVALID_REFUSALS: Final = (CorruptRecordException, UnknownError)
+"""The broker refused a batch's content (INVALID_RECORD has no class in aiokafka and comes
+as UnknownError): sent again one record per batch, a record refused alone is left out."""
+BROKEN_BY_REFUSAL: Final = (*SIZE_REFUSALS, *INVALID_REFUSALS, OutOfOrderSequenceNumber)
 """Seen after a refused batch: an idempotent producer's sequence for that partition is then
 broken for good (every later batch fails out of order), so the producer must be replaced."""
 
@@ -563,21 +567,32 @@ class BatchRefusedError(KafkaError):  # type: ignore[misc]
     retriable = True
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One batch being filled: the builder, its size so far (upper bound), its records."""
+
+    builder: Any
+    used: int
+    records: list[OutRecord]
+
+
 async def _send_all(
     producer: AIOKafkaProducer, records: Sequence[tuple[OutRecord, int]], limits: RecordLimits
 ) -> None:
     """Write `records` (each with its `record_size`) and wait for every ack; raises KafkaError
-    if any write fails, BatchRefusedError if the broker refused a batch for its size or content.
+    if any write fails, BatchRefusedError if the broker refused a batch for its size or
+    content (`limits` then learned from it).
 
     Uses the batch API: one future per topic-partition batch instead of one per record
     (a checkpoint writes tens of thousands of records), each batch within its topic's limit.
     Keyed records without an explicit partition go where the default partitioner would put
     them; keyless ones are spread round-robin.
     """
-    batches: dict[tuple[str, int], tuple[Any, int]] = {}
+    open_batches: dict[tuple[str, int], _Batch] = {}
     layouts: dict[str, list[int]] = {}
-    sent: list[tuple[str, int, Any]] = []
+    sent: list[tuple[str, int, _Batch, Any]] = []
     caps: dict[str, int] = {}
+    isolated = limits.isolated
     spread = 0
     for r, size in records:
         partition = r.partition
@@ -592,38 +607,39 @@ async def _send_all(
                 partition = layout[_key_hash(r.key) % len(layout)]
         headers = list(r.headers) if r.headers else _NO_HEADERS  # the builder wants a list
         grows = size - BATCH_HEADER_BYTES
-        batch, used = batches.get((r.topic, partition), (None, 0))
+        batch = open_batches.get((r.topic, partition))
         if batch is not None and (
-            used + grows > (caps.get(r.topic) or caps.setdefault(r.topic, limits.of(r.topic)))
-            or not batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+            batch.used + grows > (caps.get(r.topic) or caps.setdefault(r.topic, limits.of(r.topic)))
+            or (isolated and (r.topic, partition) in isolated)
+            or not batch.builder.append(key=r.key, value=r.value, timestamp=None, headers=headers)
         ):  # full: send it and start the next one (the first record always fits)
-            sent.append(
-                (r.topic, used, await producer.send_batch(batch, r.topic, partition=partition))
-            )
+            future = await producer.send_batch(batch.builder, r.topic, partition=partition)
+            sent.append((r.topic, partition, batch, future))
             batch = None
         if batch is None:
-            batch, used = producer.create_batch(), BATCH_HEADER_BYTES
-            batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
-        batches[r.topic, partition] = (batch, used + grows)
-    for (topic, partition), (batch, used) in batches.items():
-        sent.append((topic, used, await producer.send_batch(batch, topic, partition=partition)))
-    if not sent:
-        return
-    results = await asyncio.gather(*(future for _, _, future in sent), return_exceptions=True)
-    refused = [
-        (topic, used, result)
-        for (topic, used, _), result in zip(sent, results, strict=True)
-        if isinstance(result, BROKEN_BY_REFUSAL)
-    ]
-    for topic, used, result in refused:
+            batch = _Batch(producer.create_batch(), BATCH_HEADER_BYTES, [])
+            batch.builder.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+            open_batches[r.topic, partition] = batch
+        batch.used += grows
+        batch.records.append(r)
+    for (topic, partition), batch in open_batches.items():
+        future = await producer.send_batch(batch.builder, topic, partition=partition)
+        sent.append((topic, partition, batch, future))
+    results = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
+    refusals = []
+    for (topic, partition, batch, _), result in zip(sent, results, strict=True):
         if isinstance(result, SIZE_REFUSALS):
-            limits.learn(topic, used)
-    if refused:
-        topic, used, error = refused[0]
-        raise BatchRefusedError(f"{topic}: batch of {used} bytes refused: {error!r}")
+            limits.learn(topic, batch.used)
+        elif isinstance(result, INVALID_REFUSALS):
+            limits.refuse(topic, partition, batch.records)
+        if isinstance(result, BROKEN_BY_REFUSAL):
+            refusals.append(f"{topic}: batch of {batch.used} bytes refused: {result!r}")
+    if refusals:
+        raise BatchRefusedError(refusals[0])
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    limits.written((topic, partition) for topic, partition, *_ in sent)
 
 
 class TransactionalSink:

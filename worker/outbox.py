@@ -7,7 +7,7 @@ offsets in that partition's own transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
@@ -32,6 +32,8 @@ DLQ_HEADERS: Final = frozenset(
     }
 )
 MAX_ERROR_HEADER_BYTES: Final = 1000
+MAX_REFUSED: Final = 1000
+"""Records refused as invalid remembered at most (each is forgotten once left out)."""
 BATCH_HEADER_BYTES: Final = 61
 """Kafka's record batch (v2) header; a record alone on the wire is one batch."""
 VARINT_MAX_BYTES: Final = 5
@@ -213,9 +215,41 @@ class RecordLimits:
     def of(self, topic: str) -> int:
         return min(self.request_max, self.topics.get(topic, self.request_max))
 
+    isolated: set[tuple[str, int]] = field(default_factory=set)
+    """Topic-partitions whose records go one per batch: a batch there was refused as
+    invalid, and alone each record shows whether it is the culprit."""
+    refused: dict[tuple[str, bytes | None, int], bytes] = field(default_factory=dict)
+    """Records refused as invalid on their own, by (topic, key, value size): the value's
+    SHA-256. Each is left out of the retry that still holds it, then forgotten."""
+
     def learn(self, topic: str, refused_bytes: int) -> None:
         """The broker refused a batch of `refused_bytes` (upper bound) to `topic`."""
         self.topics[topic] = min(self.of(topic), refused_bytes - 1)
+
+    def refuse(self, topic: str, partition: int, batch: Sequence[OutRecord]) -> None:
+        """The broker refused `batch` as invalid: isolate its partition, or if it held one
+        record, remember that record as the culprit."""
+        if len(batch) != 1:
+            self.isolated.add((topic, partition))
+            return
+        if len(self.refused) >= MAX_REFUSED:
+            self.refused.clear()
+        value = batch[0].value or b""
+        self.refused[topic, batch[0].key, len(value)] = hashlib.sha256(value).digest()
+
+    def take_refused(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
+        """Whether this record was refused on its own (then forgotten: it is left out now)."""
+        value = value or b""
+        digest = self.refused.get((topic, key, len(value)))
+        if digest is None or digest != hashlib.sha256(value).digest():
+            return False
+        del self.refused[topic, key, len(value)]
+        return True
+
+    def written(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """These topic-partitions were written: any isolation of them can end."""
+        if self.isolated:
+            self.isolated.difference_update(partitions)
 
 
 class Screened(NamedTuple):
@@ -229,17 +263,20 @@ class Screened(NamedTuple):
 def screen(records: dict[int, list[OutRecord]], limits: RecordLimits, dlq_topic: str) -> Screened:
     """Hold back what the broker would refuse, so one record never fails a whole write (nor
     breaks an idempotent producer's sequence): too-large dead letters are truncated to fit,
-    other too-large records and keyless records to compacted topics are not written."""
+    other too-large records, keyless records to compacted topics and records the broker
+    refused on their own are not written."""
     accepted: list[tuple[OutRecord, int]] = []
     unwritten: list[Unwritten] = []
     truncated: list[OutRecord] = []
-    compacted = limits.compacted
+    compacted, refused = limits.compacted, limits.refused
     topic_limits: dict[str, int] = {}
     bare = record_size(b"", b"", ())  # a record without headers: this plus key and value
     for partition, rs in records.items():
         for record in rs:
             topic, key, value, headers = record[:4]
-            if key is None and topic in compacted:
+            if (key is None and topic in compacted) or (
+                refused and limits.take_refused(topic, key, value)
+            ):
                 unwritten.append(Unwritten(record, partition, "invalid_record"))
                 continue
             limit = topic_limits.get(topic)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.conftest import StartWorker
 from tests.integration.helpers import (
@@ -292,19 +293,12 @@ async def test_huge_valid_metadata_is_published(
     assert worker.terminate() == 0
 
 
-async def lower_topic_limit(bootstrap: str, topic: str, limit: int) -> None:
-    from aiokafka.admin.config_resource import (  # noqa: PLC0415
-        ConfigResource,
-        ConfigResourceType,
-    )
-
+async def alter_topic(bootstrap: str, topic: str, config: Mapping[str, str]) -> None:
+    """Set `config` as the topic's whole configuration (the worker is already running)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        resource = ConfigResource(
-            ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)}
-        )
-        await admin.alter_configs([resource])
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict(config))])
     finally:
         await admin.close()
 
@@ -322,7 +316,11 @@ async def test_a_limit_lowered_while_running_is_learned_from_the_refusal(
     worker = start_worker(WORKER_PROCESSING_GUARANTEE=guarantee)
     await worker.wait_ready()
     await wait_totals(topics, expected_totals(early))
-    await lower_topic_limit(topics.bootstrap, topics.snapshots, 8000)
+    await alter_topic(
+        topics.bootstrap,
+        topics.snapshots,
+        {"cleanup.policy": "compact", "max.message.bytes": "8000"},
+    )
     large = session_events("large", 5, start_ms)
     large[0] = huge_metadata("large", start_ms)
     small = session_events("small", 5, start_ms)
@@ -341,5 +339,43 @@ async def test_a_limit_lowered_while_running_is_learned_from_the_refusal(
     later = session_events("later", 3, start_ms + 1000)
     await produce_large(topics.bootstrap, topics.input, event_records(later))
     await wait_totals(topics, expected_totals(later))
+    assert worker.process.poll() is None
+    assert worker.terminate() == 0
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_record_the_broker_refuses_as_invalid_is_found_and_left_out(
+    topics: Topics, start_worker: StartWorker, guarantee: str
+) -> None:
+    """The dead-letter topic turns compacted while the worker runs: the broker refuses the
+    batch holding a keyless dead letter (INVALID_RECORD). The refusal replaces the producer
+    and re-reads the topics' configs, so the retry leaves the keyless one out; the keyed
+    dead letter beside it is written. (A refusal the configs do not explain isolates the
+    records one per batch: tests/unit/test_outbox.py.)"""
+    await create_topic_with(topics.bootstrap, topics.input, 1, {})
+    start_ms = int(time.time() * 1000) - 120_000
+    events = session_events("refused", 4, start_ms)
+    worker = start_worker(WORKER_PROCESSING_GUARANTEE=guarantee)
+    await worker.wait_ready()
+    await alter_topic(topics.bootstrap, topics.dlq, {"cleanup.policy": "compact"})
+    records = [*event_records(events[:2]), (b"refused", b"{keyed", []), (None, b"{keyless", [])]
+    records += event_records(events[2:])
+    await produce_large(topics.bootstrap, topics.input, records)
+    await wait_totals(topics, expected_totals(events))
+    labels = {"topic_role": "dead_letters", "reason": "invalid_record"}
+
+    async def counted() -> float:
+        return labelled_metric(worker.port, "session_worker_unwritable_records_total", labels)
+
+    assert await wait_for(counted, 60, what="the refused dead letter counted") == 1
+    await wait_for(lambda: committed_to_end(topics), 30, what="offsets committed to the end")
+    letters = await read_all(topics.bootstrap, topics.dlq)
+    assert {(r.key, r.value) for r in letters} == {(b"refused", b"{keyed")}
+    logged = [
+        orjson.loads(line)
+        for line in worker.log_path.read_text().splitlines()
+        if "record cannot be written" in line
+    ]
+    assert [(e["source_offset"], e["reason"]) for e in logged] == [(3, "invalid_record")]
     assert worker.process.poll() is None
     assert worker.terminate() == 0

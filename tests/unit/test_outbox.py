@@ -101,3 +101,26 @@ def test_limits_only_go_down_when_learning_from_a_refusal() -> None:
     assert limits.of("sessions") == 2999
     limits.learn("dlq", 2_000_000)
     assert limits.of("dlq") == 1_000_000
+
+
+def test_a_batch_refused_as_invalid_isolates_its_partition_then_the_culprit_is_left_out() -> None:
+    limits = RecordLimits(request_max=1_000_000)
+    good, bad = OutRecord("dlq", b"a", b"{1"), OutRecord("dlq", b"b", b"{2")
+    limits.refuse("dlq", 0, [good, bad])
+    assert limits.isolated == {("dlq", 0)}, "records go one per batch there now"
+    limits.refuse("dlq", 0, [bad])  # refused again, alone
+    limits.written([("dlq", 0)])
+    assert limits.isolated == set()
+    screened = screen({0: [good, bad, good]}, limits, "dlq")
+    assert [r for r, _ in screened.accepted] == [good, good]
+    assert [(u.record, u.reason) for u in screened.unwritten] == [(bad, "invalid_record")]
+    again = screen({0: [bad]}, limits, "dlq")
+    assert again.unwritten == [], "forgotten once left out"
+
+
+def test_a_refused_record_is_known_by_its_whole_value() -> None:
+    limits = RecordLimits(request_max=1_000_000)
+    limits.refuse("dlq", 0, [OutRecord("dlq", b"k", b"{aa")])
+    assert not limits.take_refused("dlq", b"k", b"{ab"), "same size, other bytes"
+    assert not limits.take_refused("sessions", b"k", b"{aa")
+    assert limits.take_refused("dlq", b"k", b"{aa")
