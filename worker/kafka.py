@@ -569,11 +569,13 @@ class BatchRefusedError(KafkaError):  # type: ignore[misc]
 
 @dataclass(slots=True)
 class _Batch:
-    """One batch being filled: the builder, its size so far (upper bound), its records."""
+    """One batch being filled: the builder, its size so far (upper bound), how many records
+    it holds and the first (the culprit when a batch of one is refused)."""
 
     builder: Any
     used: int
-    records: list[OutRecord]
+    first: OutRecord
+    count: int = 1
 
 
 async def _send_all(
@@ -617,11 +619,12 @@ async def _send_all(
             sent.append((r.topic, partition, batch, future))
             batch = None
         if batch is None:
-            batch = _Batch(producer.create_batch(), BATCH_HEADER_BYTES, [])
+            batch = _Batch(producer.create_batch(), size, r)
             batch.builder.append(key=r.key, value=r.value, timestamp=None, headers=headers)
             open_batches[r.topic, partition] = batch
-        batch.used += grows
-        batch.records.append(r)
+        else:
+            batch.used += grows
+            batch.count += 1
     for (topic, partition), batch in open_batches.items():
         future = await producer.send_batch(batch.builder, topic, partition=partition)
         sent.append((topic, partition, batch, future))
@@ -631,7 +634,7 @@ async def _send_all(
         if isinstance(result, SIZE_REFUSALS):
             limits.learn(topic, batch.used)
         elif isinstance(result, INVALID_REFUSALS):
-            limits.refuse(topic, partition, batch.records)
+            limits.refuse(topic, partition, [batch.first] if batch.count == 1 else [])
         if isinstance(result, BROKEN_BY_REFUSAL):
             refusals.append(f"{topic}: batch of {batch.used} bytes refused: {result!r}")
     if refusals:

@@ -227,8 +227,8 @@ class RecordLimits:
         self.topics[topic] = min(self.of(topic), refused_bytes - 1)
 
     def refuse(self, topic: str, partition: int, batch: Sequence[OutRecord]) -> None:
-        """The broker refused `batch` as invalid: isolate its partition, or if it held one
-        record, remember that record as the culprit."""
+        """The broker refused a batch as invalid: isolate its partition, or if it held one
+        record (`batch`: that record, else empty), remember that record as the culprit."""
         if len(batch) != 1:
             self.isolated.add((topic, partition))
             return
