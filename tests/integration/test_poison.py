@@ -379,3 +379,34 @@ async def test_a_record_the_broker_refuses_as_invalid_is_found_and_left_out(
     assert [(e["source_offset"], e["reason"]) for e in logged] == [(3, "invalid_record")]
     assert worker.process.poll() is None
     assert worker.terminate() == 0
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_two_starts_with_700kb_ids_never_stop_the_partition(
+    topics: Topics, start_worker: StartWorker, guarantee: str
+) -> None:
+    """The production outage: each record fits, their merged snapshot (1.4 MB) does not.
+    Whatever the input rules make of the ids (kept, or dropped as invalid metadata), the
+    worker keeps running and the partition moves on."""
+    await create_topic_with(topics.bootstrap, topics.input, 1, {})
+    start_ms = int(time.time() * 1000) - 120_000
+    big = session_events("big-ids", 3, start_ms)
+    first = {**big[0], "parentId": "p" * 700_000}
+    second = {**big[0], "timestamp": start_ms + 1, "projectId": "q" * 700_000}
+    other = session_events("neighbour", 4, start_ms)
+    records = event_records([first, second, *big[1:]]) + event_records(other)
+    await produce_large(topics.bootstrap, topics.input, records)
+    worker = start_worker(WORKER_PROCESSING_GUARANTEE=guarantee)
+    await worker.wait_ready()
+    await wait_totals(topics, expected_totals(other))
+    await wait_for(lambda: committed_to_end(topics), 30, what="offsets committed to the end")
+    published = (await latest_snapshots(topics.bootstrap, topics.snapshots)).get("big-ids")
+    labels = {"topic_role": "snapshots", "reason": "too_large"}
+    skipped = labelled_metric(worker.port, "session_worker_unwritable_records_total", labels)
+    if published is None:  # ids kept: the snapshot cannot be written, and says so
+        assert skipped >= 1
+    else:  # ids dropped by the input rules: the rest of the session is published
+        assert len(published.get("parentId", "")) < 700_000
+        assert totals_of(published) == expected_totals(big)["big-ids"]
+    assert worker.process.poll() is None
+    assert worker.terminate() == 0
