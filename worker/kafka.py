@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -20,19 +21,35 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
+    CorruptRecordException,
     IllegalGenerationError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     RebalanceInProgressError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     RequestTimedOutError,
     TopicAlreadyExistsError,
+    UnknownError,
 )
 from aiokafka.partitioner import murmur2
 
 from worker.logs import held_back
-from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox, OutRecord
+from worker.outbox import (
+    BATCH_HEADER_BYTES,
+    CheckpointError,
+    CheckpointTimings,
+    InputRecord,
+    Outbox,
+    OutRecord,
+    RecordLimits,
+    Unwritten,
+    screen,
+)
 from worker.settings import SecurityProtocol, Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +65,52 @@ DESCRIBE_SETTLE_S: Final = 5.0
 
 KafkaClientError = KafkaError
 """Base of every Kafka client error, named here so no other module imports aiokafka."""
+
+
+RETRY_BACKOFF_MS: Final = 500
+"""Pause before a client retries a failed request (fetch, metadata, coordinator; aiokafka's
+default is 100): while a broker is down, fewer attempts, log lines and CPU."""
+
+
+METADATA_BACKOFF_MAX_S: Final = 2.0
+"""Longest pause between failed metadata updates: how late, at worst, a client notices that
+the broker is back."""
+
+
+def client_backoff_options() -> dict[str, Any]:
+    """Retry pacing of every client (see RETRY_BACKOFF_MS)."""
+    return {"retry_backoff_ms": RETRY_BACKOFF_MS}
+
+
+def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff: base, 2 x base, 4 x base, ... up to cap (0 before a failure)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap_s, base_s * 2 ** min(failures - 1, 32)))
+
+
+def pace_metadata_updates(
+    client: Any, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Make an aiokafka client wait between failed metadata updates.
+
+    aiokafka retries a failed update as soon as anyone asks, and its fetcher and sender ask
+    in a loop while a partition has no known leader: with the broker down that was ~7,000
+    attempts (and two ERROR lines each) per second and a whole core. aiokafka has no option
+    for it (no reconnect backoff), so the client's update is wrapped: after n failures in a
+    row it reports the failure only after `backoff_s(n)`, which paces every waiter.
+    """
+    update = client._metadata_update
+    failures = 0
+
+    async def paced(cluster_metadata: Any, topics: Any) -> bool:
+        nonlocal failures
+        updated = bool(await update(cluster_metadata, topics))
+        failures = 0 if updated else failures + 1
+        await sleep(backoff_s(failures, RETRY_BACKOFF_MS / 1000, METADATA_BACKOFF_MAX_S))
+        return updated
+
+    client._metadata_update = paced
 
 
 class StartupError(RuntimeError):
@@ -284,6 +347,7 @@ class KafkaSource:
         self._topic = settings.input_topic
         self._consumer = AIOKafkaConsumer(
             **client_options(settings),
+            **client_backoff_options(),
             group_id=settings.group_id,
             group_instance_id=settings.group_instance_id or None,
             session_timeout_ms=round(settings.session_timeout_s * 1000),
@@ -295,6 +359,7 @@ class KafkaSource:
             fetch_max_bytes=16 * 1024 * 1024,
             isolation_level="read_committed",
         )
+        pace_metadata_updates(self._consumer._client)
         self._max_records = settings.max_poll_records
         self._next_offsets: dict[TopicPartition, int] = {}
         """Per partition, the next offset to hand out (for the backlogs)."""
@@ -403,24 +468,78 @@ class KafkaSource:
         await self._consumer.stop()
 
 
+PRODUCER_MAX_REQUEST_BYTES: Final = 1_048_576
+"""The producers' `max_request_size` (aiokafka's default, stated): no record above it is sent."""
+LIMIT_CONFIGS: Final = ("max.message.bytes", "cleanup.policy")
+
+
+async def read_record_limits(settings: Settings) -> RecordLimits:
+    """The output topics' record limits as the broker states them; the producer's limit
+    alone (with a warning) when they cannot be read (e.g. no DescribeConfigs permission)."""
+    limits = RecordLimits(PRODUCER_MAX_REQUEST_BYTES)
+    names = (settings.snapshot_topic, settings.changelog_topic_name, settings.dlq_topic)
+    try:
+        layouts = await describe_layouts(settings, dict.fromkeys(names, LIMIT_CONFIGS))
+    except (KafkaError, StartupError, TimeoutError) as error:
+        log.warning("topic record limits unavailable", extra={"error": repr(error)})
+        return limits
+    for name, layout in layouts.items():
+        raw = layout.config.get("max.message.bytes", "")
+        if raw.isdigit():
+            limits.topics[name] = int(raw)
+        if "compact" in layout.config.get("cleanup.policy", ""):
+            limits.compacted.add(name)
+    return limits
+
+
+async def refreshed_limits(settings: Settings, learned: RecordLimits) -> RecordLimits:
+    """After a refused batch: the broker's current limits, never above what was learned."""
+    fresh = await read_record_limits(settings)
+    for topic in set(fresh.topics) | set(learned.topics):
+        fresh.topics[topic] = min(fresh.of(topic), learned.of(topic))
+    return fresh
+
+
+def _checkpoint_result(
+    publish_s: float,
+    commit_s: float,
+    unwritten: Sequence[Unwritten],
+    truncated: Sequence[OutRecord],
+) -> CheckpointTimings:
+    return CheckpointTimings(publish_s, commit_s, tuple(unwritten), tuple(truncated))
+
+
 class AtLeastOnceSink:
-    """One idempotent producer; a checkpoint sends, awaits every ack, then commits offsets."""
+    """One idempotent producer; a checkpoint sends, awaits every ack, then commits offsets.
+    Records the broker would refuse are held back (and reported), never sent; a batch the
+    broker refuses all the same replaces the producer (its sequence is broken) and fails the
+    checkpoint retriably, to be retried under the limits learned from the refusal."""
 
     def __init__(self, settings: Settings, source: KafkaSource) -> None:
+        self._settings = settings
         self._source = source
-        self._producer = AIOKafkaProducer(
-            **client_options(settings),
+        self._producer = self._new_producer()
+        self.limits = RecordLimits(PRODUCER_MAX_REQUEST_BYTES)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **client_options(self._settings),
+            **client_backoff_options(),
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=512 * 1024,
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
+        pace_metadata_updates(producer.client)
+        return producer
 
     async def start(self) -> None:
         try:
             await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
         except (TimeoutError, KafkaConnectionError) as error:
             raise StartupError(f"cannot start producer: {error or 'timed out'}") from error
+        self.limits = await read_record_limits(self._settings)
 
     async def open_partitions(self, partitions: Sequence[int]) -> None:
         """Nothing per partition in this mode."""
@@ -429,10 +548,15 @@ class AtLeastOnceSink:
         """Nothing per partition in this mode."""
 
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
-        """Raises CheckpointError if any record is not acknowledged; then nothing is committed."""
+        """Raises CheckpointError if any record sent is not acknowledged; then nothing is
+        committed. Records held back are in the result: their offsets are committed."""
         started = time.monotonic()
+        screened = screen(outbox.records, self.limits, self._settings.dlq_topic)
         try:
-            await _send_all(self._producer, [r for rs in outbox.records.values() for r in rs])
+            await _send_all(self._producer, screened.accepted, self.limits)
+        except BatchRefusedError as error:
+            await self._replace_producer()
+            raise CheckpointError(f"write failed: {error}", retriable=True) from error
         except KafkaError as error:
             raise CheckpointError(
                 f"write failed: {error!r}", retriable=_retriable(error)
@@ -449,7 +573,22 @@ class AtLeastOnceSink:
                 raise CheckpointError(
                     f"commit failed: {error!r}", retriable=_retriable(error)
                 ) from error
-        return CheckpointTimings(acked - started, time.monotonic() - acked)
+        return _checkpoint_result(
+            acked - started, time.monotonic() - acked, screened.unwritten, screened.truncated
+        )
+
+    async def _replace_producer(self) -> None:
+        """A fresh producer (new id, fresh sequences) and the broker's current limits."""
+        old, self._producer = self._producer, self._new_producer()
+        with suppress(KafkaError):
+            await old.stop()
+        try:
+            await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
+        except (TimeoutError, KafkaError) as error:
+            raise CheckpointError(
+                f"cannot restart the producer: {error!r}", retriable=False
+            ) from error
+        self.limits = await refreshed_limits(self._settings, self.limits)
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -478,40 +617,98 @@ def _key_hash(key: bytes) -> int:
     return cached
 
 
-async def _send_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
-    """Write `records` and wait for every ack; raises KafkaError if any write fails.
+SIZE_REFUSALS: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+"""The broker (or producer) refused a batch for its size: no retry of the same batch helps."""
+INVALID_REFUSALS: Final = (CorruptRecordException, UnknownError)
+"""The broker refused a batch's content (INVALID_RECORD has no class in aiokafka and comes
+as UnknownError): sent again one record per batch, a record refused alone is left out."""
+BROKEN_BY_REFUSAL: Final = (*SIZE_REFUSALS, *INVALID_REFUSALS, OutOfOrderSequenceNumber)
+"""Seen after a refused batch: an idempotent producer's sequence for that partition is then
+broken for good (every later batch fails out of order), so the producer must be replaced."""
+
+
+class BatchRefusedError(KafkaError):  # type: ignore[misc]
+    """The broker refused a batch the limits admitted; the limits learned from it."""
+
+    retriable = True
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch being filled: the builder, its size so far (upper bound), how many records
+    it holds and the first (the culprit when a batch of one is refused)."""
+
+    builder: Any
+    used: int
+    first: OutRecord
+    count: int = 1
+
+
+async def _send_all(
+    producer: AIOKafkaProducer, records: Sequence[tuple[OutRecord, int]], limits: RecordLimits
+) -> None:
+    """Write `records` (each with its `record_size`) and wait for every ack; raises KafkaError
+    if any write fails, BatchRefusedError if the broker refused a batch for its size or
+    content (`limits` then learned from it).
 
     Uses the batch API: one future per topic-partition batch instead of one per record
-    (a checkpoint writes tens of thousands of records). Keyed records without an explicit
-    partition go where the default partitioner would put them; keyless ones use `send`.
+    (a checkpoint writes tens of thousands of records), each batch within its topic's limit.
+    Keyed records without an explicit partition go where the default partitioner would put
+    them; keyless ones are spread round-robin.
     """
-    batches: dict[tuple[str, int], Any] = {}
+    open_batches: dict[tuple[str, int], _Batch] = {}
     layouts: dict[str, list[int]] = {}
-    futures = []
-    for r in records:
+    sent: list[tuple[str, int, _Batch, Any]] = []
+    caps: dict[str, int] = {}
+    isolated = limits.isolated
+    spread = 0
+    for r, size in records:
         partition = r.partition
         if partition is None:
-            if r.key is None:
-                futures.append(await producer.send(r.topic, value=r.value, headers=list(r.headers)))
-                continue
             layout = layouts.get(r.topic)
             if layout is None:
                 layout = layouts[r.topic] = sorted(await producer.partitions_for(r.topic))
-            partition = layout[_key_hash(r.key) % len(layout)]
+            if r.key is None:
+                spread += 1
+                partition = layout[spread % len(layout)]
+            else:
+                partition = layout[_key_hash(r.key) % len(layout)]
         headers = list(r.headers) if r.headers else _NO_HEADERS  # the builder wants a list
-        batch = batches.get((r.topic, partition))
+        grows = size - BATCH_HEADER_BYTES
+        batch = open_batches.get((r.topic, partition))
+        if batch is not None and (
+            batch.used + grows > (caps.get(r.topic) or caps.setdefault(r.topic, limits.of(r.topic)))
+            or (isolated and (r.topic, partition) in isolated)
+            or not batch.builder.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+        ):  # full: send it and start the next one (the first record always fits)
+            future = await producer.send_batch(batch.builder, r.topic, partition=partition)
+            sent.append((r.topic, partition, batch, future))
+            batch = None
         if batch is None:
-            batch = batches[r.topic, partition] = producer.create_batch()
-        elif batch.append(key=r.key, value=r.value, timestamp=None, headers=headers):
-            continue
-        else:  # full: send it and start the next one (the first record always fits)
-            futures.append(await producer.send_batch(batch, r.topic, partition=partition))
-            batch = batches[r.topic, partition] = producer.create_batch()
-        batch.append(key=r.key, value=r.value, timestamp=None, headers=headers)
-    for (topic, partition), batch in batches.items():
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    if futures:
-        await asyncio.gather(*futures)
+            batch = _Batch(producer.create_batch(), size, r)
+            batch.builder.append(key=r.key, value=r.value, timestamp=None, headers=headers)
+            open_batches[r.topic, partition] = batch
+        else:
+            batch.used += grows
+            batch.count += 1
+    for (topic, partition), batch in open_batches.items():
+        future = await producer.send_batch(batch.builder, topic, partition=partition)
+        sent.append((topic, partition, batch, future))
+    results = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
+    refusals = []
+    for (topic, partition, batch, _), result in zip(sent, results, strict=True):
+        if isinstance(result, SIZE_REFUSALS):
+            limits.learn(topic, batch.used)
+        elif isinstance(result, INVALID_REFUSALS):
+            limits.refuse(topic, partition, [batch.first] if batch.count == 1 else [])
+        if isinstance(result, BROKEN_BY_REFUSAL):
+            refusals.append(f"{topic}: batch of {batch.used} bytes refused: {result!r}")
+    if refusals:
+        raise BatchRefusedError(refusals[0])
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    limits.written((topic, partition) for topic, partition, *_ in sent)
 
 
 class TransactionalSink:
@@ -520,18 +717,23 @@ class TransactionalSink:
 
     aiokafka cannot fence zombies by consumer-group generation, so the transactional id is
     derived from the partition: a new owner's `init_transactions` fences the previous one.
+    Records the broker would refuse are left out of the transaction (and reported); a batch
+    refused all the same aborts it and replaces that partition's producer, and the retry
+    leaves out what the refusal taught the limits.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producers: dict[int, AIOKafkaProducer] = {}
+        self.limits = RecordLimits(PRODUCER_MAX_REQUEST_BYTES)
 
     def transactional_id(self, partition: int) -> str:
         s = self._settings
         return f"{s.group_id}.{s.input_topic}.{partition}"
 
     async def start(self) -> None:
-        """Producers start per partition, on assignment."""
+        """Producers start per partition, on assignment; the limits are read now."""
+        self.limits = await read_record_limits(self._settings)
 
     async def open_partitions(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
@@ -539,11 +741,14 @@ class TransactionalSink:
                 continue
             producer = AIOKafkaProducer(
                 **client_options(self._settings),
+                **client_backoff_options(),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,
+                max_request_size=PRODUCER_MAX_REQUEST_BYTES,
                 transactional_id=self.transactional_id(partition),
             )
+            pace_metadata_updates(producer.client)
             await producer.start()
             self._producers[partition] = producer
 
@@ -556,26 +761,56 @@ class TransactionalSink:
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
         started = time.monotonic()
         topic, group = self._settings.input_topic, self._settings.group_id
+        unwritten: list[Unwritten] = []
+        truncated: list[OutRecord] = []
         for partition in sorted(outbox.partitions()):  # drops each one as it commits
             producer = self._producers.get(partition)
             if producer is None:
                 raise RuntimeError(f"no transactional producer for owned partition {partition}")
+            records = {partition: outbox.records.get(partition, [])}
+            screened = screen(records, self.limits, self._settings.dlq_topic)
             try:
                 async with producer.transaction():
-                    await _send_all(producer, outbox.records.get(partition, []))
+                    await _send_all(producer, screened.accepted, self.limits)
                     offset = outbox.offsets.get(partition)
                     if offset is not None:
                         await producer.send_offsets_to_transaction(
                             {TopicPartition(topic, partition): offset}, group
                         )
                 outbox.drop_partitions([partition])  # done: a retry must not write it again
+            except BatchRefusedError as error:
+                await self._reopen(partition)
+                raise CheckpointError(
+                    f"transaction on partition {partition} failed: {error}",
+                    retriable=True,
+                    unwritten=unwritten,
+                    truncated=truncated,
+                ) from error
             except KafkaError as error:
                 # Fenced means another worker owns the partition now: stop, do not retry.
                 raise CheckpointError(
                     f"transaction on partition {partition} failed: {error!r}",
                     retriable=_retriable(error) and not isinstance(error, ProducerFenced),
+                    unwritten=unwritten,
+                    truncated=truncated,
                 ) from error
-        return CheckpointTimings(time.monotonic() - started, 0.0)
+            unwritten.extend(screened.unwritten)
+            truncated.extend(screened.truncated)
+        return _checkpoint_result(time.monotonic() - started, 0.0, unwritten, truncated)
+
+    async def _reopen(self, partition: int) -> None:
+        """A fresh producer for `partition` (its sequence broke with the refused batch; the
+        same transactional id fences the old one) and the broker's current limits."""
+        with suppress(KafkaError):
+            await self.close_partitions([partition])
+        try:
+            await self.open_partitions([partition])
+        except KafkaError as error:
+            raise CheckpointError(
+                f"cannot reopen the producer of partition {partition}: {error!r}",
+                retriable=False,
+            ) from error
+        self.limits = await refreshed_limits(self._settings, self.limits)
 
     async def stop(self) -> None:
         await self.close_partitions(list(self._producers))
@@ -599,6 +834,7 @@ async def read_partitions(
         fetch_max_bytes=32 * 1024 * 1024,
         isolation_level="read_committed",
     )
+    pace_metadata_updates(reader._client)
     await reader.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -26,6 +26,8 @@ REDACTED: Final = "***"
 CHATTY_LOGGERS: Final = ("aiokafka",)
 """Libraries that log routine coordination at INFO and every failed connect attempt as an
 error; they are held at WARNING, and held back entirely during start-up."""
+REPEAT_INTERVAL_S: Final = 10.0
+"""A chatty library's repeated message is printed at most once per this interval."""
 
 
 def redact(context: dict[str, Any]) -> dict[str, Any]:
@@ -76,9 +78,51 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class RepeatFilter(logging.Filter):
+    """One line per interval for each repeated message of the named loggers (and their
+    children): while a broker is down a client logs the same failure many times a second.
+    A message is known by logger, level and format string (not its arguments); the first
+    one printed after a quiet spell carries `suppressed`, how many were dropped before it.
+    Other loggers' records always pass. `clock` is monotonic seconds (injected for tests).
+    """
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = CHATTY_LOGGERS,
+        interval_s: float = REPEAT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        """Per message: when it was last printed, and how many were dropped since."""
+
+    def _watched(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self._prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._watched(record.name):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        printed = self._seen.get(key)
+        if printed is not None and now - printed[0] < self._interval_s:
+            self._seen[key] = (printed[0], printed[1] + 1)
+            return False
+        if printed is not None and printed[1]:
+            record.suppressed = printed[1]
+        if len(self._seen) >= 1000:  # bounded: messages differ by format string only
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format is LogFormat.JSON else TextFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -55,6 +55,18 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             f"{p}_dead_letters", "Records written to the dead-letter topic", registry=registry
         )
+        self.unwritable = Counter(
+            f"{p}_unwritable_records",
+            "Output records given up for good (too large for the topic, refused as invalid); "
+            "logged at ERROR, their input offsets still committed",
+            ["topic_role", "reason"],
+            registry=registry,
+        )
+        self.truncated_dead_letters = Counter(
+            f"{p}_dead_letters_truncated",
+            "Dead letters written with their value cut to fit the dead-letter topic",
+            registry=registry,
+        )
         self.tombstones = Counter(
             f"{p}_tombstones", "Input records with a null value, ignored", registry=registry
         )

@@ -38,6 +38,7 @@ from worker.outbox import (
 )
 from worker.state import SessionState
 from worker.store import PartitionSessions, SessionStore, TickResult, slot_of
+from worker.unwritable import report_given_up
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class Sink(Protocol):
     async def open_partitions(self, partitions: Sequence[int]) -> None: ...
     async def close_partitions(self, partitions: Sequence[int]) -> None: ...
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
-        """Write every record and commit the offsets; raise (and commit nothing) on failure."""
+        """Write every record and commit the offsets; raise (and commit nothing) on failure.
+        A record that can never be written is not a failure: it is left out and returned
+        in `unwritten` (too-large dead letters are cut to fit and returned in `truncated`)."""
         ...
 
 
@@ -448,6 +451,8 @@ class Runner:
 
     async def _write(self, checkpoint: _Checkpoint) -> None:
         outbox, result = checkpoint.outbox, checkpoint.result
+        # Counted before writing: the exactly-once sink drops each partition once committed.
+        written = Counter(r.topic for rs in outbox.records.values() for r in rs)
         try:
             timings = (
                 await self.sink.checkpoint(outbox)
@@ -455,6 +460,7 @@ class Runner:
                 else CheckpointTimings(0.0, 0.0)  # a slice in which nothing changed
             )
         except CheckpointError as error:
+            report_given_up(self.metrics, self.topics, error.unwritten, error.truncated)
             if not error.retriable:
                 raise
             # Nothing was committed: the next write sends all of it again, first.
@@ -463,13 +469,14 @@ class Runner:
             self._retry = outbox  # (prepared outboxes took the previous retry in)
             self._first_pending_ms = {**self._first_pending_ms, **checkpoint.pending}
             return
+        report_given_up(self.metrics, self.topics, timings.unwritten, timings.truncated)
         metrics = self.metrics
         if outbox.records:
             metrics.publish_latency.observe(timings.publish_s)
         if outbox.offsets:
             metrics.commit_latency.observe(timings.commit_s)
             self._committed.update(outbox.offsets)
-        written = Counter(r.topic for rs in outbox.records.values() for r in rs)
+        written.subtract(u.record.topic for u in timings.unwritten)
         metrics.snapshots.inc(written[self.topics.snapshots])
         metrics.changelog_records.inc(written[self.topics.changelog])
         metrics.dead_letters.inc(written[self.topics.dead_letters])

@@ -15,6 +15,7 @@ import pytest
 from tests.unit.builders import ROOT
 from worker.logs import (
     JsonFormatter,
+    RepeatFilter,
     TextFormatter,
     configure_logging,
     held_back,
@@ -215,3 +216,41 @@ def test_a_startup_failure_with_sasl_configured_logs_one_line_and_no_secret(
     if log_format == "json":
         for line in output.splitlines():
             orjson.loads(line)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client_record(msg: str, *args: object, name: str = "aiokafka.conn") -> logging.LogRecord:
+    return logging.LogRecord(name, logging.ERROR, "conn.py", 1, msg, args, None)
+
+
+def test_repeated_client_messages_pass_once_per_interval_with_a_count() -> None:
+    clock = FakeClock()
+    repeats = RepeatFilter(("aiokafka",), interval_s=10.0, clock=clock)
+    template = "Unable connect to node with id %s: %s"
+    passed = []
+    for second in range(25):  # 100 attempts a second for 25 s, arguments varying
+        clock.now = 100.0 + second
+        for attempt in range(100):
+            record = client_record(template, attempt % 3, "refused")
+            if repeats.filter(record):
+                passed.append((second, getattr(record, "suppressed", 0)))
+    assert passed == [(0, 0), (10, 999), (20, 999)]
+
+
+def test_distinct_messages_and_other_loggers_are_not_condensed() -> None:
+    clock = FakeClock()
+    repeats = RepeatFilter(("aiokafka",), interval_s=10.0, clock=clock)
+    assert repeats.filter(client_record("Unable connect to node %s", 1))
+    assert repeats.filter(client_record("Unable to update metadata from %s", [1]))
+    assert repeats.filter(client_record("Unable connect to node %s", 1, name="aiokafka.client"))
+    assert not repeats.filter(client_record("Unable connect to node %s", 1))
+    for _ in range(3):
+        assert repeats.filter(client_record("checkpoint failed", name="worker.runner"))
+        assert repeats.filter(client_record("x", name="aiokafkaish"))
