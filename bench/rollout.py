@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -48,6 +49,8 @@ REPLICAS: Final = 3
 SAMPLE_S: Final = 0.1
 SETTLE_S: Final = 10.0
 """The group counts as settled once every partition has been owned this long."""
+CRASH_BACKOFF_S: Final = 10.0
+"""The kubelet's first back-off before it restarts a container that exited."""
 SLO_BOUND_S: Final = 2.0
 """Publish interval (1 s) + 1 s: the freshness SLO of deploy/README.md."""
 MODES: Final = ("deployment-static", "deployment-dynamic", "statefulset-static")
@@ -77,9 +80,10 @@ class Result:
     rollout_s: float
     unowned_partition_s: float
     any_unowned_s: float
-    longest_gap_s: float
+    longest_any_unowned_s: float
     assignments: int
     group_rebalances: int | None
+    container_restarts: int
     events: int
     late_events: int
 
@@ -97,6 +101,7 @@ class Rollout:
         self.pods: list[Pod] = []
         self.retired: list[Pod] = []
         self.samples: list[tuple[float, int]] = []
+        self.restarts = 0
         self._next_port = args.port
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
 
@@ -122,14 +127,16 @@ class Rollout:
             env["WORKER_GROUP_INSTANCE_ID"] = name
         return env
 
+    async def _spawn(self, name: str, port: int, static: bool) -> asyncio.subprocess.Process:
+        log = (self.workdir / f"{self.mode}-{name}.log").open("ab")
+        return await asyncio.create_subprocess_exec(
+            str(WORKER), "run", env=self._env(name, port, static), stdout=log, stderr=log
+        )
+
     async def start_pod(self, name: str, static: bool) -> Pod:
         port = self._next_port
         self._next_port += 1
-        log = (self.workdir / f"{self.mode}-{name}.log").open("ab")
-        process = await asyncio.create_subprocess_exec(
-            str(WORKER), "run", env=self._env(name, port, static), stdout=log, stderr=log
-        )
-        pod = Pod(name, port, process, static)
+        pod = Pod(name, port, await self._spawn(name, port, static), static)
         self.pods.append(pod)
         return pod
 
@@ -179,8 +186,10 @@ class Rollout:
     async def wait_ready(self, pod: Pod, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not await self._scrape(pod):
-            if not pod.alive:
-                raise RuntimeError(f"{pod.name} exited: see {self.workdir}")
+            if not pod.alive:  # e.g. it could not join the group in time: the kubelet restarts it
+                self.restarts += 1
+                await asyncio.sleep(CRASH_BACKOFF_S)
+                pod.process = await self._spawn(pod.name, pod.port, pod.static)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{pod.name} not Ready after {timeout_s} s")
             await asyncio.sleep(SAMPLE_S)
@@ -226,9 +235,10 @@ class Rollout:
 
 
 def unowned(samples: list[tuple[float, int]]) -> tuple[float, float, float]:
-    """Partition-seconds unowned, seconds with any partition unowned, longest such gap."""
+    """Partition-seconds unowned, seconds with any partition unowned, the longest such span
+    (consecutive pod replacements that each leave some partitions unowned merge into one)."""
     partition_s = any_s = longest = gap = 0.0
-    for (t0, owned), (t1, _) in zip(samples, samples[1:], strict=False):
+    for (t0, owned), (t1, _) in itertools.pairwise(samples):
         missing = max(0, PARTITIONS - owned)
         partition_s += missing * (t1 - t0)
         if missing:
@@ -288,9 +298,10 @@ async def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> Result
             rollout_s=round(settled - started, 1),
             unowned_partition_s=round(partition_s, 1),
             any_unowned_s=round(any_s, 1),
-            longest_gap_s=round(longest, 1),
+            longest_any_unowned_s=round(longest, 1),
             assignments=counted(pods, "rebalances"),
             group_rebalances=after - before if args.broker_log else None,
+            container_restarts=rollout.restarts,
             events=counted(pods, "events"),
             late_events=counted(pods, "events") - counted(pods, "fresh"),
         )
