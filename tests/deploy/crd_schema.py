@@ -112,7 +112,6 @@ def validation_errors(obj: Schema) -> list[str]:
     validator = jsonschema.Draft7Validator(strict(schema))
     name = obj.get("metadata", {}).get("name", "?")
     return [
-        f"{key[1]} {name}: {'.'.join(map(str, error.absolute_path)) or '<root>'}: "
-        f"{error.message}"
+        f"{key[1]} {name}: {'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
         for error in validator.iter_errors(obj)
     ]

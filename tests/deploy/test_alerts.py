@@ -173,9 +173,7 @@ def test_slo_bound_is_the_publish_interval_plus_one_second(
     deployment = overlay.one("Deployment", "session-worker")
     settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
     bounds = {
-        float(bound)
-        for rule in rules(groups)
-        for bound in SLO_BOUND_BUCKET.findall(rule["expr"])
+        float(bound) for rule in rules(groups) for bound in SLO_BOUND_BUCKET.findall(rule["expr"])
     }
     assert bounds == {settings.publish_interval_s + 1}
     assert settings.publish_interval_s + 1 in LATENCY_BUCKETS
