@@ -17,7 +17,9 @@ Modes (each on fresh topics and a fresh group, under a steady live load):
 are the broker's count of group generations ("Stabilized group ... generation" lines in its
 log) when --broker-log is given; assignments are the workers' `session_worker_rebalances`.
 Freshness is the share of events whose event-to-snapshot latency exceeded the SLO bound, from
-the workers' histograms (last scrape of each process). Prints one JSON line per mode.
+the workers' histograms (last scrape of each process: what a process publishes while it
+drains is missed, and a restarted container's counts start over). Prints one JSON line per
+mode; deploy/README.md (Scaling) has the figures.
 """
 
 from __future__ import annotations
