@@ -269,7 +269,9 @@ class Runner:
             decoded = decode_event(value, record.key, now_ms)
             if isinstance(decoded, InvalidRecord):
                 self._dead_letter(record, decoded)
-                continue
+                if decoded.event is None:
+                    continue
+                decoded = decoded.event  # invalid_metadata: the valid part is folded too
             state = store.apply(decoded, record.partition)
             folded_by_type[decoded.type] = folded_by_type.get(decoded.type, 0) + 1
             if state.session_id not in pending:
