@@ -216,6 +216,36 @@ def _duplicate_names(renditions: list[Rendition]) -> InvalidRecord:
     )
 
 
+def _key_mismatch(key: bytes, event: Event) -> InvalidRecord:
+    return InvalidRecord(
+        InvalidReason.KEY_MISMATCH,
+        f"record key {key[:128]!r} differs from sessionId {event.session_id!r}",
+    )
+
+
+def _future_timestamp(event: Event, now_ms: int) -> InvalidRecord:
+    return InvalidRecord(
+        InvalidReason.FUTURE_TIMESTAMP,
+        f"timestamp {event.timestamp} is {event.timestamp - now_ms} ms ahead of the worker",
+    )
+
+
+def _partly_valid(
+    value: bytes, key: bytes | None, now_ms: int, error: ValidationError
+) -> InvalidRecord:
+    """The record for a value that failed validation: `invalid_metadata` with the event to
+    fold when only optional metadata is bad and the key and clock rules hold."""
+    partial = _without_bad_metadata(value, error)
+    if partial is None or partial.event is None:
+        return _classify(error)
+    event = partial.event
+    if key is not None and key != event.session_id.encode():
+        return _key_mismatch(key, event)
+    if event.timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+        return _future_timestamp(event, now_ms)
+    return partial
+
+
 def decode_event(value: bytes, key: bytes | None, now_ms: int) -> Event | InvalidRecord:
     """Parse and validate one record value; never raises.
 
@@ -223,28 +253,18 @@ def decode_event(value: bytes, key: bytes | None, now_ms: int) -> Event | Invali
     `InvalidRecord` with an `event` (reason `invalid_metadata`) is to be dead-lettered AND
     folded: the key and clock rules hold for it like for any event.
     """
-    partial = None
     try:
-        event: Event = EVENT_ADAPTER.validate_json(value)
+        event = EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
         # Only on failure: the valid path pays nothing for the lenient one.
-        partial = _without_bad_metadata(value, error)
-        if partial is None or partial.event is None:
-            return _classify(error)
-        event = partial.event
+        return _partly_valid(value, key, now_ms, error)
     # Checked here rather than in a model validator, which costs ~3 us per transcoded event.
     if type(event) is SegmentTranscoded:
         renditions = event.renditions
         if len(renditions) > 1 and len(set(map(_NAME, renditions))) != len(renditions):
             return _duplicate_names(renditions)
     if key is not None and key != event.session_id.encode():
-        return InvalidRecord(
-            InvalidReason.KEY_MISMATCH,
-            f"record key {key[:128]!r} differs from sessionId {event.session_id!r}",
-        )
+        return _key_mismatch(key, event)
     if event.timestamp > now_ms + MAX_FUTURE_SKEW_MS:
-        return InvalidRecord(
-            InvalidReason.FUTURE_TIMESTAMP,
-            f"timestamp {event.timestamp} is {event.timestamp - now_ms} ms ahead of the worker",
-        )
-    return event if partial is None else partial
+        return _future_timestamp(event, now_ms)
+    return event
