@@ -62,11 +62,12 @@ class SessionStarted(_Event):
 
 
 _OPTIONAL_METADATA: Final = frozenset(
-    field.alias or name
+    key
     for name, field in SessionStarted.model_fields.items()
     if name not in _Event.model_fields and not field.is_required()
+    for key in (name, field.alias or name)  # populate_by_name: either key is read
 )
-"""JSON names of the session.started fields whose faults drop the field, not the event."""
+"""JSON keys of the session.started fields whose faults drop the field, not the event."""
 
 
 class SegmentIngested(_Event):
@@ -189,13 +190,14 @@ def _without_bad_metadata(value: bytes, error: ValidationError) -> InvalidRecord
         if len(loc) < 2 or loc[0] != "session.started" or loc[1] not in _OPTIONAL_METADATA:
             return None
         first.setdefault(str(loc[1]), err)
-    # The same parser as validate_json, so the rest reads exactly as it did the first time.
-    body = from_json(value)
-    for name in first:
-        body.pop(name)
     try:
+        # The same parser as validate_json, so the rest reads exactly as it did the first
+        # time; an error's location is the key the value was read from.
+        body = from_json(value)
+        for name in first:
+            body.pop(name, None)
         event = SessionStarted.model_validate(body)
-    except ValidationError:
+    except ValueError:  # a ValidationError too
         return None
     # Every bad field's path is named; more faults only while the header stays readable.
     shown = [*first.values(), *(e for e in errors if e not in first.values())]

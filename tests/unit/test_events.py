@@ -495,6 +495,13 @@ def test_every_bad_field_is_named_and_dropped_and_the_good_ones_kept() -> None:
     assert (event.project_id, event.profiles, event.recording_spec) == (None, None, None)
 
 
+def test_metadata_under_its_python_name_is_dropped_alike() -> None:
+    """populate_by_name also reads `parent_id`: its faults must not lose the event either."""
+    invalid = partial(started(parent_id=5, recording_spec={"profiles": [{"bitrate": 400}]}))
+    assert invalid.detail.startswith("applied without parent_id, recording_spec: ")
+    assert invalid.event == decode(started())
+
+
 def test_invalid_metadata_detail_names_each_field_even_with_many_faults() -> None:
     bad_ladder = [profile(f"p{i}", width=1, height=1, bitrate=1) for i in range(32)]
     invalid = partial(started(profiles=bad_ladder, userId="u" * 200))
