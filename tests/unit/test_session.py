@@ -273,6 +273,41 @@ def test_schema_accepts_what_session_md_allows(
     assert schema.is_valid(instance)
 
 
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(with_changes(record=True, recordingStatus="deleted"), id="deleted"),
+        pytest.param(with_changes(recordingUrl="u"), id="url without record"),
+        pytest.param(with_changes(record=False, recordingStatus="none"), id="status unrecorded"),
+        pytest.param(with_changes(recordingSpec={"profiles": [{"bitrate": 400}]}), id="spec"),
+        pytest.param(with_changes(profiles=[{**PROFILES[0], "encoder": "HEVC"}]), id="HEVC"),
+        pytest.param(with_changes(profiles=[PROFILES[0]] * 33), id="33 profiles"),
+    ],
+)
+def test_the_model_rejects_what_the_sdk_cannot_decode(instance: Json) -> None:
+    with pytest.raises(ValidationError):
+        Session.model_validate(instance)
+
+
+@pytest.mark.parametrize(
+    ("status", "published"),
+    [
+        ("waiting", "waiting"),
+        ("ready", "ready"),
+        ("failed", "failed"),
+        ("deleted", "none"),
+        ("none", "none"),
+    ],
+)
+def test_every_input_recording_status_publishes_an_sdk_status(
+    status: str, published: str, schema: Draft202012Validator
+) -> None:
+    state = fold_bodies([started(record=True), recording(status, T0 + 1, recordingUrl="u")])
+    session = render(state, T0 + 1)
+    assert (session["recordingStatus"], session["recordingUrl"]) == (published, "u")
+    assert_valid(session, schema)
+
+
 def test_encode_session_is_compact_json() -> None:
     session = render(fold_bodies(segments(1)), T0)
     payload = encode_session(session)
