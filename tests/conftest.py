@@ -39,12 +39,17 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def sdk_conformance() -> Iterator[None]:
+def sdk_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the run if a snapshot the integration tests read or their workers published
     does not decode with the seed SDK's model (session.md: every snapshot must)."""
     path = ROOT / ".cache" / "conformance" / f"snapshots-{os.getpid()}.ndjson"
     with collecting(path):
         yield
-    failed = verify_collected(path)
+    checked, failed = verify_collected(path)
     if failed is not None:
         pytest.fail(failed)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if checked and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # a figure worth seeing in every run
+            reporter.write_line(f"SDK conformance: {checked} distinct snapshots decode")

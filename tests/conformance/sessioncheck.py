@@ -129,19 +129,20 @@ def collecting(path: Path) -> Iterator[Path]:
             _seen.clear()
 
 
-def verify_collected(path: Path) -> str | None:
-    """The end-of-run verdict on a collection file: None when every snapshot decodes (the
-    file is then removed), else a report naming the failures (the file is kept)."""
+def verify_collected(path: Path) -> tuple[int, str | None]:
+    """The end-of-run verdict on a collection file: (snapshots checked, None) when every
+    one decodes (the file is then removed), else a report naming the failures (the file is
+    kept for inspection)."""
     if path.stat().st_size == 0:
         path.unlink()
-        return None
+        return 0, None
     result = check_ndjson(path.read_bytes())
+    total = result.decoded + len(result.failures)
     if not result.failures:
         path.unlink()
-        return None
-    total = result.decoded + len(result.failures)
+        return total, None
     shown = "\n".join(result.failures[:20])
-    return (
+    return total, (
         f"{len(result.failures)} of {total} snapshots of this run do not decode with the seed's"
         f" SDK (tests/conformance; all kept in {path}):\n{shown}"
     )

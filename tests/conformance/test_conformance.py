@@ -144,7 +144,8 @@ def test_a_bad_snapshot_collected_during_a_run_fails_the_end_of_run_check(
         collect([snapshot(), None, bad, bad, snapshot()])  # tombstones skipped, repeats once
     collect([bad])  # outside a run: ignored
     assert path.read_bytes().count(b"\n") == 2
-    verdict = verify_collected(path)
+    checked, verdict = verify_collected(path)
+    assert checked == 2
     assert verdict is not None
     assert verdict.startswith("1 of 2 snapshots of this run do not decode")
     assert "invalid value for RecordingStatus: deleted" in verdict
@@ -152,7 +153,7 @@ def test_a_bad_snapshot_collected_during_a_run_fails_the_end_of_run_check(
 
     with collecting(path):
         collect([snapshot(), snapshot(isHealthy=None, issues=...)])
-    assert verify_collected(path) is None
+    assert verify_collected(path) == (2, None)
     assert not path.exists()
 
 
