@@ -25,7 +25,7 @@ from worker.kafka import EventProducer, TopicSpec, ensure_topics, read_partition
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
-from worker.runner import OutputTopics, Runner
+from worker.runtime import OutputTopics, Runner
 from worker.settings import Settings
 from worker.state import SessionState
 from worker.store import SessionStore

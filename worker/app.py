@@ -28,7 +28,7 @@ from worker.kafka import (
 )
 from worker.logs import held_back, last_message
 from worker.metrics import SessionCollector, WorkerMetrics
-from worker.runner import OutputTopics, Runner
+from worker.runtime import OutputTopics, Runner
 from worker.settings import ProcessingGuarantee, Settings
 from worker.store import SessionStore
 
