@@ -125,8 +125,9 @@ class Runner:
                     prepared = self._prepare(step)
                     await self._settle()
                     self._inflight = asyncio.create_task(self._write(prepared))
-            if records:  # a long catch-up must not starve the HTTP server of the loop
-                await asyncio.sleep(0)
+            # A fetch served from prefetched records need not yield: a long catch-up must
+            # not starve the HTTP server (probes, scrapes) of the event loop.
+            await asyncio.sleep(0)
 
     def catching_up(self) -> bool:
         """Far enough behind that publishing between checkpoints would only slow us down."""
@@ -173,6 +174,12 @@ class Runner:
         when all of it (and any write still in flight) is done. Raises on fatal errors."""
         await self._settle()
         await self._write(self._prepare(self.schedule.tick_all(self.monotonic(), commits=True)))
+
+    async def publish(self) -> None:
+        """Publish every changed snapshot now, without a checkpoint (what a publish
+        interval does between checkpoints); returns once written."""
+        await self._settle()
+        await self._write(self._prepare(self.schedule.tick_all(self.monotonic(), commits=False)))
 
     async def _settle(self) -> None:
         """Wait for the write in flight, if any; its fatal error is raised here."""
