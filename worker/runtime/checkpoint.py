@@ -133,9 +133,11 @@ class Checkpoints:
             self._add_changelog(outbox, step.changelog_slot)
         if not step.commits:
             return Write(outbox, result, pending, commits=False)
-        captured, self._captured = self._captured or Outbox(), None
+        captured, self._captured = self._captured, None
         self._add_tombstones(outbox)
-        return Write(outbox.then(captured), result, pending, commits=True)
+        if captured is not None:  # (not truthiness: an outbox of offsets only has no length)
+            outbox = outbox.then(captured)
+        return Write(outbox, result, pending, commits=True)
 
     def drop_partitions(self, partitions: list[int]) -> None:
         """Forget what is owed for revoked partitions (after their checkpoint); a failed

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tests.unit.builders import T0, ended, ingested
 from tests.fakes import FakeClock
+from tests.unit.builders import T0, ended, ingested
 from tests.unit.runtime.harness import make_runner, record
 from worker.rules import Rules
 

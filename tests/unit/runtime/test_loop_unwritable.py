@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.unit.builders import ingested, started
 from tests.fakes import FakeRecord, FakeSink
+from tests.unit.builders import ingested, started
 from tests.unit.runtime.harness import make_runner, record
 from worker.outbox import (
     CheckpointError,
