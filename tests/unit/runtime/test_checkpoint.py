@@ -63,32 +63,36 @@ async def test_a_round_spreads_the_changelog_over_its_slices_and_commits_what_it
     keys = [k or b"" for box in bench.sink.written for k, _ in of_topic(box, "snapshots")]
     assert sorted(keys) == sorted(f"s{n}".encode() for n in range(12))
     before = len(bench.sink.written)
+    later = next(f"s{n}" for n in range(12) if slot_of(f"s{n}", 8) != 0)
+    """A session whose changelog slot comes after the round began."""
     for n in range(8):
         step = Step(n % 4, commits=n == 7, begins_round=n == 0, changelog_slot=n)
         await bench.write(step, slots=4)
         if n == 0:
-            bench.fold(12, ingested(1, sid="s0"))  # after the capture
+            bench.fold(12, ingested(1, sid=later))  # after the capture
     round_writes = bench.sink.written[before:]
     changelog = [of_topic(box, "changelog") for box in round_writes]
     assert sum(map(len, changelog)) == 12, "each session once, in its slot"
     assert sum(1 for keys in changelog if keys) >= 2, "spread over several slices"
     offsets = [box.offsets for box in round_writes]  # (a slice with nothing sends nothing)
     assert offsets == [{}] * (len(offsets) - 1) + [{0: 12}]
-    (s0,) = [value for keys in changelog for key, value in keys if key == b"s0"]
-    assert decode_state(s0 or b"", 0).state.source_segments == 2, "may hold more, never less"
+    (value,) = [value for keys in changelog for key, value in keys if key == later.encode()]
+    assert decode_state(value or b"", 0).state.source_segments == 2, "more, never less"
     assert bench.checkpoints.outbox.offsets == {0: 13}, "after the capture: the next round's"
 
 
 async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
     bench = Bench()
     bench.sink.fail_next.append(CheckpointError("broker away", retriable=True))
-    for n in range(6):
-        bench.fold(n, ingested(0, sid=f"s{n}"))
+    ids = [f"s{n}" for n in range(64)]
+    sids = [s for s in ids if slot_of(s, 2) == 0][:3] + [s for s in ids if slot_of(s, 2) == 1][:3]
+    for n, sid in enumerate(sids):
+        bench.fold(n, ingested(0, sid=sid))
     await bench.write(Step(0, commits=False), slots=2)  # fails
     assert bench.sink.written == []
     assert bench.checkpoints.failed
-    for n in range(6):
-        bench.fold(n + 6, ingested(1, sid=f"s{n}"))
+    for n, sid in enumerate(sids):
+        bench.fold(n + 6, ingested(1, sid=sid))
     await bench.write(Step(1, commits=False), slots=2)
     await bench.write(Step(0, commits=False), slots=2)
     await bench.write(Step(None, commits=True))
@@ -100,7 +104,7 @@ async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
     for key in {key for key, _ in counts}:
         mine = [n for k, n in counts if k == key]
         assert mine == sorted(mine), f"{key!r}: an older snapshot came after a newer one"
-    slot_0 = [f"s{n}".encode() for n in range(6) if slot_of(f"s{n}", 2) == 0]
+    slot_0 = sorted(sid.encode() for sid in sids[:3])
     assert sorted(k for k, n in counts if n == 1) == slot_0, "the failed write went out later"
     assert bench.sink.committed == {0: 12}
 
