@@ -70,6 +70,9 @@ class Worker:
             else AtLeastOnceSink(settings, self.source)
         )
         exactly_once = settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
+        self.sessions = SessionCollector(
+            lambda: list(self.store.live.values()), settings.metrics_max_sessions
+        )
         self.runner = Runner(
             self.source,
             self.sink,
@@ -92,9 +95,7 @@ class Worker:
             catchup_backlog=settings.catchup_backlog,
             publish_slices=1 if exactly_once else PUBLISH_SLICES,
             encode_changelog=encode_state_v1 if settings.changelog_format == 1 else encode_state,
-        )
-        self.sessions = SessionCollector(
-            lambda: list(self.store.live.values()), settings.metrics_max_sessions
+            observer=self.sessions,
         )
         self.metrics.sessions.set_function(lambda: len(self.store))  # current at every scrape
         self.http = HttpServer(

@@ -13,7 +13,7 @@ from array import array
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import orjson
 from pydantic import TypeAdapter
@@ -153,20 +153,6 @@ def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None
     state.meta = _with_meta(state.meta, timestamp, {name: value})
 
 
-class ExportedValues(NamedTuple):
-    source_segments: int
-    transcoded_segments: int
-    source_duration_s: float
-    transcoded_duration_s: float
-    source_bytes: int
-    transcoded_bytes: int
-    ingest_rate: float
-    outgoing_rate: float
-    is_healthy: bool | None
-    issue_count: int
-    last_seen_ms: int | None
-
-
 @dataclass(slots=True)
 class SessionState:
     """Everything needed to continue a session after a restart; plain data only."""
@@ -209,8 +195,6 @@ class SessionState:
     ended_at: int | None = None
     timed_out: bool = False
     published_hash: int | None = None
-    exported: ExportedValues | None = None
-    """The numbers of the latest snapshot, so metrics show exactly what was published."""
 
 
 def new_session(session_id: str, partition: int, timestamp: int) -> SessionState:

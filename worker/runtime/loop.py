@@ -27,6 +27,7 @@ from worker.runtime.ports import (
     OutputTopics,
     Sink,
     Source,
+    TickObserver,
     WallClockMs,
 )
 from worker.runtime.recovery import Recovery
@@ -58,9 +59,12 @@ class Runner:
         publish_slices: int = 1,
         encode_changelog: ChangelogEncoder = encode_state,
         monotonic: Monotonic = time.monotonic,
+        observer: TickObserver | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.metrics = source, sink, store, metrics
         self.monotonic = monotonic
+        self.observer = observer
+        """Told what each tick published (the per-session metrics)."""
         self.clock_ms = clock_ms
         """The wall clock."""
         self.schedule = Schedule(publish_interval_s, commit_interval_s, publish_slices, monotonic())
@@ -201,6 +205,8 @@ class Runner:
                 "session timed out", extra={"session": state.session_id, "idle_timeout_s": idle_s}
             )
         self.metrics.timed_out.inc(len(result.timed_out))
+        if self.observer is not None:
+            self.observer.published(result)
         return self.checkpoints.prepare(step, result)
 
     async def _write(self, write: Write) -> None:
@@ -253,6 +259,8 @@ class Runner:
             self.assigned = sorted(partitions)
             self.metrics.assigned.set(len(self.assigned))
             self.metrics.sessions.set(len(self.store))
+            if self.observer is not None:
+                self.observer.retain(self.store.live)
             self.ready = True
             extra = {
                 "restored": restored,

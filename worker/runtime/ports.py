@@ -3,12 +3,13 @@ the test fakes) implement, the output topics, and the changelog reader's shape."
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.state import SessionState
+from worker.store import TickResult
 
 LOGGER_NAME: Final = "worker.runner"
 """The runtime's logger, one name for all its parts: the name log filters already know."""
@@ -38,6 +39,15 @@ class Sink(Protocol):
         """Write every record and commit the offsets; raise (and commit nothing) on failure.
         A record that can never be written is not a failure: it is left out and returned
         in `unwritten` (too-large dead letters are cut to fit and returned in `truncated`)."""
+        ...
+
+
+class TickObserver(Protocol):
+    """Told what each tick published (the metrics collector keeps those numbers)."""
+
+    def published(self, result: TickResult) -> None: ...
+    def retain(self, live: Iterable[str]) -> None:
+        """After a rebalance: only these sessions are still owned."""
         ...
 
 

@@ -12,6 +12,7 @@ from tests.fakes import FakeClock, FakeRecord, FakeSink, FakeSource
 from tests.unit.builders import SID, T0, ended, fold_bodies, ingested, started
 from tests.unit.runtime.harness import make_runner, record, records_of, wait_for
 from worker.changelog import decode_state, encode_state
+from worker.metrics import SessionCollector
 from worker.outbox import CheckpointError, InputRecord
 from worker.rules import Rules
 from worker.runtime import ChangelogRecords
@@ -254,3 +255,17 @@ async def test_parked_partitions_that_went_elsewhere_are_forgotten() -> None:
     assert h.changelog_reads == [[0, 1], [0]]
     assert runner.store.get("a") is None
     assert runner.store.get("b") is not None
+
+
+async def test_the_metrics_collector_gets_what_each_tick_published() -> None:
+    collector = SessionCollector(list, 100)
+    h = make_runner(observer=collector)
+    runner = h.runner
+    await runner.on_assigned([0, 1])
+    runner.fold([record(0, 0, ingested(0, sid="a")), record(1, 0, ingested(0, sid="b"))])
+    assert collector.values == {}, "folded, not yet published"
+    await runner.checkpoint()
+    assert {sid: v.source_segments for sid, v in collector.values.items()} == {"a": 1, "b": 1}
+    await runner.on_revoked([0, 1])
+    await runner.on_assigned([1])  # partition 0 went to another member
+    assert set(collector.values) == {"b"}
