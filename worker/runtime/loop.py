@@ -15,10 +15,10 @@ from contextlib import suppress
 
 from worker.changelog import encode_state
 from worker.clock import PartitionClock
-from worker.events import InvalidRecord, decode_event
 from worker.metrics import WorkerMetrics
 from worker.outbox import InputRecord
 from worker.runtime.checkpoint import Checkpoints, Write
+from worker.runtime.intake import fold_records
 from worker.runtime.ports import (
     LOGGER_NAME,
     ChangelogEncoder,
@@ -144,34 +144,9 @@ class Runner:
 
     def fold(self, records: Sequence[InputRecord]) -> None:
         """Decode and fold a batch; invalid records become dead letters. No I/O."""
-        now_ms = self.clock_ms()
-        store, checkpoints = self.store, self.checkpoints
-        offsets, pending = checkpoints.outbox.offsets, checkpoints.first_pending_ms
-        folded_by_type: dict[str, int] = {}
-        newest: dict[int, int] = {}  # per partition: its event-time watermark, for the clock
-        for record in records:
-            offsets[record.partition] = record.offset + 1
-            value = record.value
-            if value is None:
-                self.metrics.tombstones.inc()
-                continue
-            decoded = decode_event(value, record.key, now_ms)
-            if isinstance(decoded, InvalidRecord):
-                checkpoints.dead_letter(record, decoded)
-                if decoded.event is None:
-                    continue
-                decoded = decoded.event  # invalid_metadata: the valid part is folded too
-            state = store.apply(decoded, record.partition)
-            timestamp = decoded.timestamp
-            if timestamp > newest.get(record.partition, timestamp - 1):
-                newest[record.partition] = timestamp
-            folded_by_type[decoded.type] = folded_by_type.get(decoded.type, 0) + 1
-            if state.session_id not in pending:
-                pending[state.session_id] = record.timestamp
-        self.clock.observe(newest)
-        for event_type, count in folded_by_type.items():
-            self.metrics.events.labels(event_type).inc(count)
-            self.events_folded += count
+        folded = fold_records(records, self.store, self.checkpoints, self.metrics, self.clock_ms())
+        self.clock.observe(folded.newest)
+        self.events_folded += folded.events
 
     async def checkpoint(self) -> None:
         """Publish what changed, persist state and dead letters, then commit offsets; returns
