@@ -22,14 +22,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from worker.kafka import (
-    StoredRecord,
+from worker.kafka.readers import StoredRecord, TopicReader
+from worker.kafka.topics import (
     TopicLayout,
-    TopicReader,
     TopicSpec,
     create_topic_specs,
     describe_layouts,
-    worker_topics,
+    topic_specs,
 )
 from worker.session import Session
 from worker.settings import Settings
@@ -225,16 +224,7 @@ class TopicCheck:
 
 
 def planned_topics(settings: Settings, input_partitions: int) -> list[tuple[str, TopicSpec]]:
-    roles = {
-        settings.snapshot_topic: "snapshots",
-        settings.changelog_topic_name: "changelog",
-        settings.dlq_topic: "dlq",
-    }
-    return [
-        # Every event of a session has the same key: compaction would drop events.
-        ("input", TopicSpec(settings.input_topic, input_partitions, {"cleanup.policy": "delete"})),
-        *((roles[s.name], s) for s in worker_topics(settings, input_partitions)),
-    ]
+    return list(topic_specs(settings, input_partitions).items())
 
 
 def check_topic(

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.builders import SID, T0, ended, fold_bodies, ingested, started
 from worker.changelog import decode_state, encode_state
+from worker.kafka.restore import keep_latest
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
@@ -99,7 +100,7 @@ def make_runner(
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
         assert not runner.ready, "readiness must drop while restoring"
         changelog_reads.append(list(partitions))
-        return {p: (changelog or {}).get(p, []) for p in partitions}
+        return {p: (changelog or {}).get(p, {}) for p in partitions}
 
     if source is None:
         source = FakeSource(group_offsets=sink.committed)
@@ -177,13 +178,11 @@ async def test_assignment_restores_latest_changelog_state_and_skips_tombstones()
     await first.checkpoint()
     kept = first.store.get("kept")
     assert kept is not None
-    changelog: ChangelogRecords = {
-        3: [
-            (b"kept", encode_state(kept, None, 2)),
-            (b"gone", b"stale"),
-            (b"gone", None),
-        ]
-    }
+    latest: dict[bytes, bytes] = {}
+    keep_latest(
+        latest, [(b"kept", encode_state(kept, None, 2)), (b"gone", b"stale"), (b"gone", None)]
+    )
+    changelog: ChangelogRecords = {3: latest}
     second = make_runner(FakeSink(), changelog)
     await second.on_assigned([3])
     assert second.ready
@@ -286,7 +285,7 @@ async def test_a_partition_committed_by_another_member_meanwhile_is_restored() -
     sink.committed[0] = 2
 
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
-        return {0: [(SID.encode(), encode_state(newer, None, 2))]}
+        return {0: {SID.encode(): encode_state(newer, None, 2)}}
 
     runner._read_changelog = read_changelog
     await runner.on_assigned([0])
