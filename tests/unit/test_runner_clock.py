@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeSink, FakeSource
 from tests.unit.builders import SID, T0, fold_bodies, ingested, seg_ts, segments, transcoded
-from tests.unit.test_runner import FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.changelog import encode_state
 from worker.rules import Rules
 from worker.runner import ChangelogRecords, Runner
