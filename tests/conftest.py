@@ -1,4 +1,5 @@
-"""Shared fixtures. The broker fixture starts the repo's local Kafka, or reuses a running one."""
+"""Shared fixtures. The broker fixture starts the repo's local Kafka, or reuses a running one;
+every snapshot the run reads must decode with the seed's SDK (tests/conformance)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conformance.sessioncheck import collecting, verify_collected
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka.sh"
@@ -33,3 +36,20 @@ def kafka_bootstrap() -> Iterator[str]:
     yield "127.0.0.1:9092"
     if started:
         subprocess.run(["bash", str(KAFKA_SCRIPT), "down"], check=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sdk_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the run if a snapshot the integration tests read or their workers published
+    does not decode with the seed SDK's model (session.md: every snapshot must)."""
+    path = ROOT / ".cache" / "conformance" / f"snapshots-{os.getpid()}.ndjson"
+    with collecting(path):
+        yield
+    checked, failed = verify_collected(path)
+    if failed is not None:
+        pytest.fail(failed)
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if checked and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # a figure worth seeing in every run
+            reporter.write_line(f"SDK conformance: {checked} distinct snapshots decode")

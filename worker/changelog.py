@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import orjson
 
+from worker.profiles import is_recording_spec
 from worker.rules import DEDUPE_WINDOW
 from worker.state import (
     NO_RATIO,
@@ -258,6 +259,9 @@ def _flat_masks(masks: dict[str, int]) -> tuple[Any, ...]:
 
 def _meta_from(meta: dict[str, list[Any]]) -> SessionMeta:
     """Raises TypeError for a name that is not a metadata field (a corrupt record)."""
+    spec = meta.get("recording_spec")
+    if spec is not None and not is_recording_spec(spec[1]):
+        del meta["recording_spec"]  # a TranscodeProfile spec from before 2026-12: unpublishable
     return SessionMeta(
         share_value(tuple(meta)),
         packed_stamps([ts for ts, _ in meta.values()]),

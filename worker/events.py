@@ -1,33 +1,42 @@
 """Input events (see shared/spec/events.md): pydantic models and decoding from raw bytes.
 
 Decoding never raises: every record becomes either an event or an `InvalidRecord` with a
-machine-readable reason, because bad input must be dead-lettered, not crash the worker.
+machine-readable reason, because bad input must be dead-lettered, not crash the worker. A
+`session.started` whose only faults are in optional metadata is both: an `InvalidRecord`
+(`invalid_metadata`) that carries the event without the bad fields, to be folded anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from operator import itemgetter
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic_core import ErrorDetails, from_json
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from worker.profiles import FfmpegProfile, RecordingSpec
+from worker.profiles import MAX_JSON_INT as MAX_JSON_INT  # noqa: PLC0414 (re-export)
+from worker.profiles import Profiles, RecordingSpec
 
 MAX_FUTURE_SKEW_MS: Final = 5 * 60 * 1000
 """Events stamped further ahead than this are clock bugs at the producer: rejected."""
 
-MAX_JSON_INT: Final = 2**53 - 1
-"""Largest seqNo/bytes accepted: exact in every JSON consumer (float64), and far from the
-64-bit limit of the orjson encoder, so one absurd record cannot crash the fold's outputs."""
+MAX_RENDITIONS: Final = 32
+MAX_URL_CHARS: Final = 2048
+"""events.md bounds every string and list, so no valid input makes a snapshot too big."""
+MAX_METADATA_FAULTS: Final = 8
+"""Faults named in an `invalid_metadata` detail: one per bad field (8 optional fields)."""
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 TimestampMs = Annotated[int, Field(gt=0, strict=True)]
 SeqNo = Annotated[int, Field(ge=0, le=MAX_JSON_INT, strict=True)]
 SegmentDuration = Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)]
 ByteCount = Annotated[int, Field(ge=0, le=MAX_JSON_INT, strict=True)]
+ShortId = Annotated[str, Field(max_length=128)]
+Url = Annotated[str, Field(max_length=MAX_URL_CHARS)]
 
 
 class _Event(BaseModel):
@@ -42,14 +51,23 @@ class _Event(BaseModel):
 class SessionStarted(_Event):
     type: Literal["session.started"]
     name: Annotated[str, Field(min_length=1, max_length=500)]
-    parent_id: str | None = Field(default=None, alias="parentId")
-    project_id: str | None = Field(default=None, alias="projectId")
-    playback_id: str | None = Field(default=None, alias="playbackId")
+    parent_id: ShortId | None = Field(default=None, alias="parentId")
+    project_id: ShortId | None = Field(default=None, alias="projectId")
+    playback_id: ShortId | None = Field(default=None, alias="playbackId")
     record: bool | None = None
     recording_spec: RecordingSpec | None = Field(default=None, alias="recordingSpec")
-    profiles: list[FfmpegProfile] | None = None
-    kind: str | None = None
-    user_id: str | None = Field(default=None, alias="userId")
+    profiles: Profiles | None = None
+    kind: Annotated[str, Field(max_length=64)] | None = None
+    user_id: ShortId | None = Field(default=None, alias="userId")
+
+
+_OPTIONAL_METADATA: Final = frozenset(
+    key
+    for name, field in SessionStarted.model_fields.items()
+    if name not in _Event.model_fields and not field.is_required()
+    for key in (name, field.alias or name)  # populate_by_name: either key is read
+)
+"""JSON keys of the session.started fields whose faults drop the field, not the event."""
 
 
 class SegmentIngested(_Event):
@@ -76,7 +94,7 @@ class SegmentTranscoded(_Event):
     type: Literal["segment.transcoded"]
     seq_no: SeqNo = Field(alias="seqNo")
     duration: SegmentDuration
-    renditions: Annotated[list[Rendition], Field(min_length=1)]
+    renditions: Annotated[list[Rendition], Field(min_length=1, max_length=MAX_RENDITIONS)]
     transcode_time: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None, alias="transcodeTime"
     )
@@ -94,8 +112,8 @@ RecordingStatus = Literal["waiting", "ready", "failed", "deleted", "none"]
 class RecordingUpdated(_Event):
     type: Literal["recording.updated"]
     status: RecordingStatus
-    recording_url: str | None = Field(default=None, alias="recordingUrl")
-    mp4_url: str | None = Field(default=None, alias="mp4Url")
+    recording_url: Url | None = Field(default=None, alias="recordingUrl")
+    mp4_url: Url | None = Field(default=None, alias="mp4Url")
 
 
 class SessionEnded(_Event):
@@ -124,12 +142,25 @@ class InvalidReason(StrEnum):
     SCHEMA = "schema_violation"
     KEY_MISMATCH = "key_mismatch"
     FUTURE_TIMESTAMP = "future_timestamp"
+    INVALID_METADATA = "invalid_metadata"
 
 
 @dataclass(frozen=True, slots=True)
 class InvalidRecord:
+    """A record to dead-letter; `event`, when set, is its valid part, to fold anyway."""
+
     reason: InvalidReason
     detail: str
+    event: SessionStarted | None = None
+
+
+def _field_errors(errors: Iterable[ErrorDetails]) -> str:
+    parts = []
+    for err in errors:
+        # loc[0] is the union tag; the field path follows it.
+        loc = ".".join(str(p) for p in err["loc"][1:]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def _classify(error: ValidationError) -> InvalidRecord:
@@ -141,12 +172,37 @@ def _classify(error: ValidationError) -> InvalidRecord:
         return InvalidRecord(InvalidReason.NOT_AN_OBJECT, "value is not a JSON object")
     if kind in {"union_tag_invalid", "union_tag_not_found"}:
         return InvalidRecord(InvalidReason.UNKNOWN_TYPE, first["msg"])
-    parts = []
-    for err in error.errors(include_url=False)[:3]:
-        # loc[0] is the union tag; the field path follows it.
-        loc = ".".join(str(p) for p in err["loc"][1:]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    return InvalidRecord(InvalidReason.SCHEMA, "; ".join(parts))
+    return InvalidRecord(InvalidReason.SCHEMA, _field_errors(error.errors(include_url=False)[:3]))
+
+
+def _without_bad_metadata(value: bytes, error: ValidationError) -> InvalidRecord | None:
+    """The `invalid_metadata` record for a session.started whose only faults are optional
+    fields, carrying the event without those fields; None for any other failure.
+
+    A fault anywhere inside a field drops the whole field (one bad profile drops the
+    ladder: a partial ladder would misreport the renditions expected); the previous value
+    of that field, if any, stays.
+    """
+    errors = error.errors(include_url=False)
+    first: dict[str, ErrorDetails] = {}  # the first fault of each bad field, in field order
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) < 2 or loc[0] != "session.started" or loc[1] not in _OPTIONAL_METADATA:
+            return None
+        first.setdefault(str(loc[1]), err)
+    try:
+        # The same parser as validate_json, so the rest reads exactly as it did the first
+        # time; an error's location is the key the value was read from.
+        body = from_json(value)
+        for name in first:
+            body.pop(name, None)
+        event = SessionStarted.model_validate(body)
+    except ValueError:  # a ValidationError too
+        return None
+    # Every bad field's path is named; more faults only while the header stays readable.
+    shown = [*first.values(), *(e for e in errors if e not in first.values())]
+    detail = f"applied without {', '.join(first)}: {_field_errors(shown[:MAX_METADATA_FAULTS])}"
+    return InvalidRecord(InvalidReason.INVALID_METADATA, detail, event)
 
 
 def _duplicate_names(renditions: list[Rendition]) -> InvalidRecord:
@@ -162,28 +218,55 @@ def _duplicate_names(renditions: list[Rendition]) -> InvalidRecord:
     )
 
 
+def _key_mismatch(key: bytes, event: Event) -> InvalidRecord:
+    return InvalidRecord(
+        InvalidReason.KEY_MISMATCH,
+        f"record key {key[:128]!r} differs from sessionId {event.session_id!r}",
+    )
+
+
+def _future_timestamp(event: Event, now_ms: int) -> InvalidRecord:
+    return InvalidRecord(
+        InvalidReason.FUTURE_TIMESTAMP,
+        f"timestamp {event.timestamp} is {event.timestamp - now_ms} ms ahead of the worker",
+    )
+
+
+def _partly_valid(
+    value: bytes, key: bytes | None, now_ms: int, error: ValidationError
+) -> InvalidRecord:
+    """The record for a value that failed validation: `invalid_metadata` with the event to
+    fold when only optional metadata is bad and the key and clock rules hold."""
+    partial = _without_bad_metadata(value, error)
+    if partial is None or partial.event is None:
+        return _classify(error)
+    event = partial.event
+    if key is not None and key != event.session_id.encode():
+        return _key_mismatch(key, event)
+    if event.timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+        return _future_timestamp(event, now_ms)
+    return partial
+
+
 def decode_event(value: bytes, key: bytes | None, now_ms: int) -> Event | InvalidRecord:
     """Parse and validate one record value; never raises.
 
-    `now_ms` is the worker clock, used only for the future-timestamp rule.
+    `now_ms` is the worker clock, used only for the future-timestamp rule. An
+    `InvalidRecord` with an `event` (reason `invalid_metadata`) is to be dead-lettered AND
+    folded: the key and clock rules hold for it like for any event.
     """
     try:
         event = EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
-        return _classify(error)
+        # Only on failure: the valid path pays nothing for the lenient one.
+        return _partly_valid(value, key, now_ms, error)
     # Checked here rather than in a model validator, which costs ~3 us per transcoded event.
     if type(event) is SegmentTranscoded:
         renditions = event.renditions
         if len(renditions) > 1 and len(set(map(_NAME, renditions))) != len(renditions):
             return _duplicate_names(renditions)
     if key is not None and key != event.session_id.encode():
-        return InvalidRecord(
-            InvalidReason.KEY_MISMATCH,
-            f"record key {key[:128]!r} differs from sessionId {event.session_id!r}",
-        )
+        return _key_mismatch(key, event)
     if event.timestamp > now_ms + MAX_FUTURE_SKEW_MS:
-        return InvalidRecord(
-            InvalidReason.FUTURE_TIMESTAMP,
-            f"timestamp {event.timestamp} is {event.timestamp - now_ms} ms ahead of the worker",
-        )
+        return _future_timestamp(event, now_ms)
     return event

@@ -16,13 +16,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker.session import PUBLISHED_STATUS, RECORDING_STATUSES
 from worker.state import ExportedValues, SessionState
 
 PREFIX: Final = "session_worker"
 """The one application prefix of every metric name."""
 SESSION_PREFIX: Final = f"{PREFIX}_session"
 SESSION_LABELS: Final = ("session_id", "parent_id", "project_id")
-RECORDING_STATES: Final = ("waiting", "ready", "failed", "deleted", "none")
+RECORDING_STATES: Final = RECORDING_STATUSES
 LATENCY_BUCKETS: Final = (
     0.005,
     0.01,
@@ -250,7 +251,10 @@ def recording_status(state: SessionState) -> str | None:
     """The recording status of a session that records (as its snapshot shows it), else None."""
     if state.meta.record is not True:
         return None
-    return state.recording[1] if state.recording else "waiting"
+    if state.recording is None:
+        return "waiting"
+    status = state.recording[1]
+    return PUBLISHED_STATUS.get(status, status)
 
 
 def _escape(value: str) -> str:

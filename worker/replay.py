@@ -55,8 +55,11 @@ def replay_lines(
         if isinstance(decoded, InvalidRecord):
             invalid += 1
             errors.write(f"line {number}: {decoded.reason.value}: {decoded.detail}\n")
-            continue
-        valid += 1
+            if decoded.event is None:
+                continue
+            decoded = decoded.event  # invalid_metadata: folded without the bad fields, as live
+        else:
+            valid += 1
         stream_now = max(stream_now, decoded.timestamp)
         store.apply(decoded, 0)
     snapshots = [

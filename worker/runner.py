@@ -287,7 +287,9 @@ class Runner:
             decoded = decode_event(value, record.key, now_ms)
             if isinstance(decoded, InvalidRecord):
                 self._dead_letter(record, decoded)
-                continue
+                if decoded.event is None:
+                    continue
+                decoded = decoded.event  # invalid_metadata: the valid part is folded too
             state = store.apply(decoded, record.partition)
             timestamp = decoded.timestamp
             if timestamp > newest.get(record.partition, timestamp - 1):

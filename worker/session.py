@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from itertools import islice
 from operator import attrgetter
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.health import evaluate_issues, is_inactive
-from worker.profiles import FfmpegProfile, RecordingSpec
+from worker.profiles import Profiles, RecordingSpec
 from worker.rules import Rules
 from worker.state import MICROS, SessionState
+
+RecordingStatus = Literal["waiting", "ready", "failed", "none"]
+"""The seed SDK's enum (livepeer-go-session.md); its decoder rejects any other value."""
+RECORDING_STATUSES: Final[tuple[str, ...]] = get_args(RecordingStatus)
+PUBLISHED_STATUS: Final = {"deleted": "none"}
+"""Input statuses the SDK does not know, and what is published for them (session.md)."""
 
 
 class Session(BaseModel):
@@ -26,8 +32,8 @@ class Session(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     id: str
-    kind: str | None = None
-    user_id: str | None = Field(default=None, alias="userId")
+    kind: str | None = Field(default=None, max_length=64)
+    user_id: str | None = Field(default=None, alias="userId", max_length=128)
     name: str
     last_seen: int | None = Field(default=None, alias="lastSeen")
     source_segments: int = Field(alias="sourceSegments", ge=0)
@@ -41,17 +47,23 @@ class Session(BaseModel):
     is_healthy: bool | None = Field(alias="isHealthy")
     issues: list[str] | None = None
     created_at: int = Field(alias="createdAt")
-    parent_id: str | None = Field(default=None, alias="parentId")
-    project_id: str | None = Field(default=None, alias="projectId")
+    parent_id: str | None = Field(default=None, alias="parentId", max_length=128)
+    project_id: str | None = Field(default=None, alias="projectId", max_length=128)
     record: bool | None = None
-    recording_status: Literal["waiting", "ready", "failed", "deleted", "none"] | None = Field(
-        default=None, alias="recordingStatus"
-    )
-    recording_url: str | None = Field(default=None, alias="recordingUrl")
-    mp4_url: str | None = Field(default=None, alias="mp4Url")
-    playback_id: str | None = Field(default=None, alias="playbackId")
-    profiles: list[FfmpegProfile] | None = None
+    recording_status: RecordingStatus | None = Field(default=None, alias="recordingStatus")
+    recording_url: str | None = Field(default=None, alias="recordingUrl", max_length=2048)
+    mp4_url: str | None = Field(default=None, alias="mp4Url", max_length=2048)
+    playback_id: str | None = Field(default=None, alias="playbackId", max_length=128)
+    profiles: Profiles | None = None
     recording_spec: RecordingSpec | None = Field(default=None, alias="recordingSpec")
+
+    @model_validator(mode="after")
+    def _recording_only_when_recorded(self) -> Session:
+        """session.md: recording status and URLs only when `record` is true."""
+        recording = (self.recording_status, self.recording_url, self.mp4_url)
+        if self.record is not True and recording != (None, None, None):
+            raise ValueError("recordingStatus, recordingUrl and mp4Url only when record is true")
+        return self
 
 
 _OPTIONAL_META: Final = (
@@ -111,15 +123,16 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
         for json_name, value in zip(_OPTIONAL_JSON_NAMES, _optional_values(meta), strict=True):
             if value is not None:
                 session[json_name] = value
-    recording = state.recording
-    status = "waiting"
-    if recording is not None:
-        _, status, url, mp4 = recording
-        if url is not None:
-            session["recordingUrl"] = url
-        if mp4 is not None:
-            session["mp4Url"] = mp4
     if meta.record is True:
+        recording = state.recording
+        status = "waiting"
+        if recording is not None:
+            _, status, url, mp4 = recording
+            status = PUBLISHED_STATUS.get(status, status)
+            if url is not None:
+                session["recordingUrl"] = url
+            if mp4 is not None:
+                session["mp4Url"] = mp4
         session["recordingStatus"] = status
     return session
 

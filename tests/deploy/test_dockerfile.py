@@ -14,7 +14,7 @@ from typing import Final
 from packaging.requirements import Requirement
 
 from tests.deploy.conftest import Tools
-from tests.deploy.lockfile import CONSTRAINTS, expected_constraints, runtime_requirements
+from tests.deploy.lockfile import CONSTRAINTS, expected_pins, read_pins, runtime_requirements
 from tests.deploy.support import ROOT, Manifests, pod_spec
 from worker.settings import Settings
 
@@ -84,20 +84,24 @@ def test_multi_stage_on_slim_python_3_11() -> None:
         for i in instructions
         if i.keyword == "ARG" and "=" in i.args
     }
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?(@sha256:[0-9a-f]{64})?", args["PYTHON_IMAGE"])
+    # Debian 13 (trixie), the current stable, pinned by digest.
+    assert re.fullmatch(r"python:3\.11-slim-trixie@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"])
     froms = [i.args for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
     assert not froms[-1].split()[1:], "the final stage is unnamed and built last"
 
 
-def test_entrypoint_is_exec_form_so_the_worker_is_pid_1() -> None:
+def test_an_init_is_pid_1_so_sigterm_works_from_the_first_instant() -> None:
+    """A PID 1 without a handler ignores SIGTERM; under tini the worker is not PID 1."""
     stage = final_stage()
     entrypoint = json.loads(only(stage, "ENTRYPOINT").args)
     command = json.loads(only(stage, "CMD").args)
     with (ROOT / "pyproject.toml").open("rb") as handle:
         scripts = tomllib.load(handle)["project"]["scripts"]
-    assert entrypoint == ["session-worker"]
+    assert entrypoint == ["/usr/bin/tini", "--", "session-worker"]
+    copies = [i.args.split() for i in stage if i.keyword == "COPY"]
+    assert ["--from=build", "/usr/bin/tini", "/usr/bin/tini"] in copies
     assert "session-worker" in scripts
     assert command == ["run"]
     stop = [i for i in stage if i.keyword == "STOPSIGNAL"]
@@ -120,6 +124,8 @@ def test_final_stage_has_no_build_tools_or_healthcheck() -> None:
     stage = final_stage()
     runs = " ".join(i.args for i in stage if i.keyword == "RUN")
     assert "pip install" not in runs
+    assert "pip uninstall --yes pip setuptools wheel" in runs, "no installer at run time"
+    assert "rm -rf /usr/local/lib/python3.11/ensurepip" in runs
     assert "apt-get" not in runs
     assert not any(tool in runs for tool in BUILD_TOOLS)
     copies = [i.args for i in stage if i.keyword == "COPY"]
@@ -133,32 +139,48 @@ def test_exposes_the_worker_port() -> None:
 
 
 def test_dependencies_come_from_the_lock() -> None:
-    installs = [i.args for i in parse(DOCKERFILE) if i.keyword == "RUN" and "pip install" in i.args]
+    installs = [
+        part
+        for i in parse(DOCKERFILE)
+        if i.keyword == "RUN"
+        for part in i.args.split("&&")
+        if re.search(r"\bpip (--python \S+ )?install\b", part)
+    ]
     assert installs, "dependencies are installed with pip"
     for command in installs:
         assert "--no-deps" in command, f"resolution must not go past the lock: {command}"
-    assert any("deploy/constraints.txt" in c and "--only-binary=:all:" in c for c in installs)
-    assert any("pip check" in i.args for i in parse(DOCKERFILE) if i.keyword == "RUN")
+        from_index = "--requirement" in command
+        assert not from_index or "--require-hashes" in command, command
+        assert from_index or "--no-index" in command, f"only hashed files from the index: {command}"
+    lock = "deploy/constraints.txt"
+    assert any(lock in c and "--only-binary=:all:" in c for c in installs)
+    assert any("/opt/venv" in c and lock in c for c in installs), "the runtime venv gets the lock"
+    runs = " ".join(i.args for i in parse(DOCKERFILE) if i.keyword == "RUN")
+    assert "pip --python /opt/venv/bin/python check" in runs
+    assert "python -m venv --without-pip /opt/venv" in runs, "no pip in the runtime venv"
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        version = tomllib.load(handle)["project"]["version"]
+    assert f"session-worker=={version}" in runs, "the worker's own wheel, this version"
 
 
 def test_constraints_match_the_venv() -> None:
     """Regenerate with `.venv/bin/python -m tests.deploy.lockfile --write`."""
-    assert CONSTRAINTS.read_text() == expected_constraints()
+    pins = read_pins(CONSTRAINTS.read_text())
+    assert {name: version for name, (version, _) in pins.items()} == expected_pins()
 
 
-def test_constraints_are_runtime_only_and_pinned() -> None:
-    pins = [
-        Requirement(line)
-        for line in CONSTRAINTS.read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
-    for pin in pins:
-        assert len(pin.specifier) == 1
-        assert next(iter(pin.specifier)).operator == "=="
-    names = {pin.name for pin in pins}
+def test_constraints_are_runtime_only_pinned_and_hashed() -> None:
+    for path in (CONSTRAINTS, ROOT / "deploy" / "build-constraints.txt"):
+        for name, (version, hashes) in read_pins(path.read_text()).items():
+            pin = Requirement(f"{name}=={version}")
+            assert len(pin.specifier) == 1
+            assert hashes, f"{name}: no --hash (the image installs with --require-hashes)"
+            assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in hashes), name
+    names = set(read_pins(CONSTRAINTS.read_text()))
     assert {r.name for r in runtime_requirements()} <= names
     dev_only = {"pytest", "mypy", "ruff", "hypothesis", "yamllint", "kubernetes-validate"}
-    assert not names & dev_only
+    installers = {"pip", "setuptools", "wheel"}
+    assert not names & (dev_only | installers)
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

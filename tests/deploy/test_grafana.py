@@ -13,7 +13,33 @@ from tests.deploy.support import ROOT, promql_series_names, worker_metric_names
 DASHBOARD: Final = ROOT / "deploy" / "grafana" / "session-worker.json"
 GRID_WIDTH: Final = 24
 BUILTIN_VARIABLES: Final = frozenset({"__rate_interval", "__interval", "__range"})
+EXTERNAL_SERIES: Final = frozenset(
+    {
+        "up",  # Prometheus
+        "kube_pod_status_ready",  # kube-state-metrics
+        "kube_pod_container_status_restarts_total",
+        "kube_pod_container_resource_requests",
+        "kube_pod_container_resource_limits",
+        "container_cpu_usage_seconds_total",  # cAdvisor (kubelet)
+        "container_cpu_cfs_throttled_periods_total",
+        "container_cpu_cfs_periods_total",
+        "container_memory_working_set_bytes",
+    }
+)
+"""Series of kube-prometheus-stack's standard exporters: the pod and resource panels."""
+WORKER_PODS: Final = 'pod=~"session-worker-.*", container="worker"'
+"""How a query of cAdvisor or kube-state-metrics keeps to the worker's containers."""
 REQUIRED_QUERIES: Final = (
+    "sum(up{",
+    "kube_pod_status_ready{",
+    "kube_pod_container_status_restarts_total{",
+    "rate(container_cpu_usage_seconds_total{",
+    'kube_pod_container_resource_requests{namespace=~"$namespace", pod=~"$pod", '
+    'pod=~"session-worker-.*", container="worker", resource="cpu"}',
+    "container_cpu_cfs_throttled_periods_total{",
+    "container_memory_working_set_bytes{",
+    "rate(session_worker_checkpoint_failures_total{",
+    "max(session_worker_input_partitions{",
     "rate(session_worker_events_consumed_total",
     "session_worker_consumer_lag_records",
     "session_worker_invalid_events_total",
@@ -95,16 +121,58 @@ def test_variables_are_defined(dashboard: Json) -> None:
     defined = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "pod"} <= defined
     text = DASHBOARD.read_text()
-    used = set(re.findall(r"\$\{?(\w+)", text))
+    inputs = {i["name"] for i in dashboard["__inputs"]}
+    used = set(re.findall(r"\$\{?(\w+)", text)) - inputs
     assert used - BUILTIN_VARIABLES <= defined, used - BUILTIN_VARIABLES - defined
 
 
 def test_every_series_exists_in_the_worker(dashboard: Json) -> None:
+    """The worker's series exist in worker/metrics.py; anything else is a standard
+    exporter's series, and then only about the worker's own containers."""
     known = worker_metric_names()
     for expr in expressions(dashboard):
         names = promql_series_names(expr)
-        assert names, f"queries nothing of the worker: {expr}"
         assert names <= known, f"unknown series {sorted(names - known)} in {expr}"
+        selected = set(re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{", expr))
+        assert selected, f"selects no series: {expr}"
+        external = selected - known
+        assert external <= EXTERNAL_SERIES, f"unknown series {sorted(external)} in {expr}"
+        for name in external - {"up"}:
+            for selector in re.findall(rf"\b{name}\{{([^}}]*)\}}", expr):
+                assert 'pod=~"session-worker-.*"' in selector, expr
+                assert name.startswith("kube_pod_status") or WORKER_PODS in selector, expr
+
+
+def test_import_prompts_for_the_data_source(dashboard: Json) -> None:
+    """Grafana's import asks for each __inputs entry and writes the choice wherever its
+    ${NAME} appears: here the datasource variable, which every panel uses."""
+    (prompt,) = dashboard["__inputs"]
+    assert prompt["type"] == "datasource"
+    assert prompt["pluginId"] == "prometheus"
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
+    assert variable["type"] == "datasource"
+    assert variable["query"] == prompt["pluginId"]
+    assert variable["current"]["value"] == "${" + prompt["name"] + "}"
+    referenced = set(re.findall(r"\$\{(DS_\w+)\}", DASHBOARD.read_text()))
+    assert referenced == {prompt["name"]}
+    required = {(r["type"], r["id"]) for r in dashboard["__requires"]}
+    assert ("datasource", "prometheus") in required
+    assert {("panel", p["type"]) for p in panels(dashboard) if p["type"] != "row"} <= required
+
+
+def test_table_sorts_by_a_column_it_shows(dashboard: Json) -> None:
+    """sortBy names the column as displayed, i.e. after the organize transformation's rename."""
+    for panel in panels(dashboard):
+        if panel["type"] != "table":
+            continue
+        renamed: dict[str, str] = {}
+        for transformation in panel.get("transformations", []):
+            if transformation["id"] == "organize":
+                renamed.update(transformation["options"].get("renameByName", {}))
+        shown = {renamed.get(column, column) for column in ("Value", *renamed)}
+        for sort in panel["options"]["sortBy"]:
+            assert sort["displayName"] in shown, f"{panel['title']}: {sort['displayName']}"
+            assert sort["displayName"] not in renamed, "sorting by a name that was renamed"
 
 
 def test_every_query_selects_the_worker_job(dashboard: Json) -> None:

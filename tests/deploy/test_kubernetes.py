@@ -31,11 +31,26 @@ KUBERNETES_VERSIONS: Final = ("1.29.0", "1.37.0")
 matchLabelKeys in topology spread)."""
 
 CORE_KINDS: Final = frozenset(
-    {"Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget"}
+    {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
 )
 CUSTOM_KINDS: Final = frozenset(
-    {"PodMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+    {"PodMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication", "KafkaAccess"}
 )
+"""Validated strictly against their CRDs in test_custom_resources.py."""
+WORKER_RATE_EV_S: Final = 5_000
+"""Planned events/s per worker: docs/performance.md, Sizing (about 5,000 events/s)."""
+WORKER_CPU_AT_RATE: Final = 0.72
+"""Cores one worker used at that rate (docs/performance.md: 72% of a core at 5,000/s)."""
+KAFKA_SECRET: Final = "session-worker-kafka"
+"""The Access Operator's binding Secret (KafkaAccess of that name in the overlay)."""
 SCRATCH_DIR: Final = "/tmp"  # noqa: S108  # the pod's emptyDir, not a file the test writes
 SHUTDOWN_HEADROOM_S: Final = 15
 """After the drain deadline the worker still closes its consumer and producer."""
@@ -116,6 +131,15 @@ def test_resources_are_bounded(overlay: Manifests) -> None:
     resources = worker_container(_deployment(overlay))["resources"]
     assert {"cpu", "memory"} <= resources["requests"].keys()
     assert {"cpu", "memory"} <= resources["limits"].keys()
+    requests, limits = resources["requests"], resources["limits"]
+    assert _cores(requests["cpu"]) >= WORKER_CPU_AT_RATE, "request below the measured need"
+    assert _cores(limits["cpu"]) >= _cores(requests["cpu"])
+    assert requests["memory"] == limits["memory"], "memory request = limit: no overcommit"
+
+
+def _cores(quantity: str | int) -> float:
+    text = str(quantity)
+    return int(text.removesuffix("m")) / 1000 if text.endswith("m") else float(text)
 
 
 def test_image_is_pinned_by_the_overlay(overlay: Manifests, base: Manifests) -> None:
@@ -143,7 +167,6 @@ def test_config_map_builds_valid_settings(
     deployment = _deployment(overlay)
     settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
     assert settings.create_topics is False, "topics come from deploy/k8s/topics"
-    assert settings.group_instance_id is not None
     assert settings.sasl_username is not None
     assert settings.sasl_password is not None
 
@@ -153,32 +176,53 @@ def test_credentials_come_from_a_secret(overlay: Manifests) -> None:
     config = config_map_env(overlay, deployment)
     assert not {k for k in config if "PASSWORD" in k or "USERNAME" in k}, "secrets in ConfigMap"
     env = {e["name"]: e for e in worker_container(deployment)["env"]}
-    for name in ("WORKER_SASL_USERNAME", "WORKER_SASL_PASSWORD"):
+    for name, key in (("WORKER_SASL_USERNAME", "username"), ("WORKER_SASL_PASSWORD", "password")):
         ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == "session-worker-kafka"
-        assert ref["key"]
+        assert (ref["name"], ref["key"]) == (KAFKA_SECRET, key), "the binding Secret's keys"
     assert not any(o["kind"] == "Secret" for o in overlay.objects), "no Secret in git"
 
 
-def test_static_membership_uses_the_pod_name(
+def test_credentials_follow_ca_renewal(overlay: Manifests, topics: Manifests) -> None:
+    """The Access Operator keeps the Secret current; Reloader restarts the pods on a change
+    (the worker reads the CA and password at start only)."""
+    access = overlay.one("KafkaAccess", KAFKA_SECRET)["spec"]
+    user = topics.one("KafkaUser")
+    assert access["user"] == {
+        "kind": "KafkaUser",
+        "apiGroup": "kafka.strimzi.io",
+        "name": user["metadata"]["name"],
+        "namespace": user["metadata"]["namespace"],
+    }
+    assert access["kafka"]["name"] == user["metadata"]["labels"]["strimzi.io/cluster"]
+    assert access["kafka"]["namespace"] == user["metadata"]["namespace"]
+    deployment = _deployment(overlay)
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations["secret.reloader.stakater.com/reload"] == KAFKA_SECRET
+    secrets = {v["secret"]["secretName"] for v in pod_spec(deployment)["volumes"] if "secret" in v}
+    assert secrets == {KAFKA_SECRET}, "every Secret the pod mounts is one Reloader watches"
+
+
+def test_group_membership_is_dynamic(
     overlay: Manifests, clean_worker_env: pytest.MonkeyPatch
 ) -> None:
+    """Static members send no LeaveGroup: on a Deployment every replaced pod's partitions
+    would wait out the session timeout (measured: deploy/README.md, Scaling)."""
     deployment = _deployment(overlay)
-    env = {e["name"]: e for e in worker_container(deployment)["env"]}
-    field = env["WORKER_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
-    assert field["fieldPath"] == "metadata.name"
-    # Long enough to ride over a container restart, short enough that a deleted pod's
-    # partitions (a static member never leaves the group) do not stall for long.
     settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
-    assert 20 <= settings.session_timeout_s <= 60
+    assert settings.group_instance_id is None
+    # Only a member that dies without leaving (SIGKILL, node loss) waits this out.
+    assert settings.session_timeout_s <= 30
 
 
 def test_ca_file_is_mounted(overlay: Manifests, clean_worker_env: pytest.MonkeyPatch) -> None:
     deployment = _deployment(overlay)
     settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
     assert settings.ssl_cafile is not None
-    mounts = worker_container(deployment)["volumeMounts"]
-    assert any(settings.ssl_cafile.startswith(m["mountPath"] + "/") for m in mounts)
+    mounts = {m["mountPath"]: m["name"] for m in worker_container(deployment)["volumeMounts"]}
+    directory, _, filename = settings.ssl_cafile.rpartition("/")
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mounts[directory])
+    assert volume["secret"]["secretName"] == KAFKA_SECRET
+    assert {"key": "ssl.truststore.crt", "path": filename} in volume["secret"]["items"]
 
 
 def test_grace_period_outlasts_the_drain_deadline(
@@ -277,6 +321,7 @@ def test_disruption_budget_keeps_workers(overlay: Manifests, base: Manifests) ->
     pdb = overlay.one("PodDisruptionBudget", "session-worker")["spec"]
     assert pdb.get("maxUnavailable") == 1
     assert "minAvailable" not in pdb
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "drains pass crash-looping pods"
     strategy = _deployment(base)["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
 
@@ -311,15 +356,59 @@ def test_keda_trigger_watches_what_the_worker_consumes(
     assert resolved["bootstrapServers"] == settings.bootstrap_servers
     assert resolved["consumerGroup"] == settings.group_id
     assert resolved["topic"] == settings.input_topic
-    assert int(meta["lagThreshold"]) > 0
     assert meta["allowIdleConsumers"] == "false", "never more consumers than partitions"
+    assert meta["ensureEvenDistributionOfPartitions"] == "true"
     assert settings.sasl_mechanism is not None
     assert meta["sasl"] == settings.sasl_mechanism.value.lower().replace("-sha-", "_sha")
     assert meta["tls"] == "enable"
     auth = overlay.one("TriggerAuthentication", trigger["authenticationRef"]["name"])
     secrets = {(r["parameter"], r["name"]) for r in auth["spec"]["secretTargetRef"]}
     assert {("username", "session-worker-kafka"), ("password", "session-worker-kafka")} <= secrets
-    assert ("ca", pod_spec(deployment)["volumes"][1]["secret"]["secretName"]) in secrets
+    assert ("ca", KAFKA_SECRET) in secrets
+    keys = {r["parameter"]: r["key"] for r in auth["spec"]["secretTargetRef"]}
+    assert keys == {"username": "username", "password": "password", "ca": "ssl.truststore.crt"}
+
+
+def test_keda_threshold_follows_the_commit_interval(
+    overlay: Manifests, clean_worker_env: pytest.MonkeyPatch
+) -> None:
+    """KEDA sees committed lag: a worker keeping up at rate r carries r x commit interval / 2
+    of it on average, so that at the planned rate is one replica's worth of lag."""
+    settings = settings_from_env(container_env(overlay, _deployment(overlay)), clean_worker_env)
+    (trigger,) = overlay.one("ScaledObject", "session-worker")["spec"]["triggers"]
+    expected = WORKER_RATE_EV_S * settings.commit_interval_s / 2
+    assert int(trigger["metadata"]["lagThreshold"]) == round(expected)
+
+
+def test_network_policy_admits_only_what_the_worker_needs(
+    overlay: Manifests, clean_worker_env: pytest.MonkeyPatch
+) -> None:
+    deployment = _deployment(overlay)
+    settings = settings_from_env(container_env(overlay, deployment), clean_worker_env)
+    policy = overlay.one("NetworkPolicy", "session-worker")["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"], "default deny both ways"
+    (ingress,) = policy["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == ["metrics"]
+    (source,) = ingress["from"]
+    assert source == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    monitor = overlay.one("PodMonitor", "session-worker")["spec"]
+    assert {e["port"] for e in monitor["podMetricsEndpoints"]} == {"metrics"}
+    egress_ports = {
+        (port["port"], port.get("protocol", "TCP"))
+        for rule in policy["egress"]
+        for port in rule["ports"]
+    }
+    kafka_ports = {
+        (int(address.rpartition(":")[2]), "TCP")
+        for address in settings.bootstrap_servers.split(",")
+    }
+    assert egress_ports == kafka_ports | {(53, "UDP"), (53, "TCP")}
+    for rule in policy["egress"]:
+        assert rule["to"], "every egress rule names its peers"
 
 
 def _input_partitions(overlay: Manifests, topics: Manifests) -> int:

@@ -43,7 +43,7 @@ def test_every_resource_names_its_cluster(topics: Manifests) -> None:
     clusters = {o["metadata"]["labels"]["strimzi.io/cluster"] for o in topics.objects}
     assert len(clusters) == 1
     for obj in topics.objects:
-        assert obj["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert obj["apiVersion"] == "kafka.strimzi.io/v1"
         assert obj["kind"] in ("KafkaTopic", "KafkaUser")
         assert obj["metadata"]["namespace"]
 

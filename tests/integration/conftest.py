@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Topics, WorkerProcess, free_port
+from tests.integration.helpers import Topics, WorkerProcess, collect_snapshots, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,8 @@ def topics(kafka_bootstrap: str) -> Topics:
 
 @pytest.fixture
 def start_worker(topics: Topics, tmp_path: Path) -> Iterator[StartWorker]:
-    """Start `session-worker run` subprocesses; all are killed when the test ends."""
+    """Start `session-worker run` subprocesses; all are killed when the test ends, then
+    everything they published goes to the SDK conformance check."""
     started: list[WorkerProcess] = []
 
     def start(*args: str, **env: str) -> WorkerProcess:
@@ -34,3 +35,5 @@ def start_worker(topics: Topics, tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for worker in started:
         worker.close()
+    if started:
+        collect_snapshots(topics)

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.conformance.sessioncheck import collect
 from tests.conftest import ROOT
+
+SNAPSHOT_TOPIC_SUFFIX = ".sessions"
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Topics:
 
     @property
     def snapshots(self) -> str:
-        return f"it.{self.suffix}.sessions"
+        return f"it.{self.suffix}{SNAPSHOT_TOPIC_SUFFIX}"
 
     @property
     def dlq(self) -> str:
@@ -152,9 +156,19 @@ async def read_all(bootstrap: str, topic: str) -> list[ConsumedRecord]:
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
+        if topic.endswith(SNAPSHOT_TOPIC_SUFFIX):  # for the end-of-run SDK conformance check
+            collect(record.value for record in found)
         return found
     finally:
         await consumer.stop()
+
+
+def collect_snapshots(topics: Topics) -> None:
+    """Read the whole snapshot topic of a finished test, so the SDK conformance check sees
+    every snapshot published, not only those the test read. In a thread of its own: it
+    runs in a fixture's teardown, outside the test's event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, read_all(topics.bootstrap, topics.snapshots)).result(60)
 
 
 async def latest_snapshots(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:

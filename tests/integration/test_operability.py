@@ -54,7 +54,7 @@ NUMBERS: Final = {
     "ingestRate": "ingest_rate_bytes_per_second",
     "outgoingRate": "outgoing_rate_bytes_per_second",
 }
-RECORDING_STATES: Final = ("waiting", "ready", "failed", "deleted", "none")
+RECORDING_STATES: Final = ("waiting", "ready", "failed", "none")  # the SDK enum (session.md)
 STARTUP_DEADLINE_S: Final = 20.0
 
 

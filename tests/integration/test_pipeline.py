@@ -143,6 +143,58 @@ async def test_mixed_stream_gives_exact_snapshots_and_dead_letters(
     assert '"stopped"' in worker.logs()
 
 
+async def test_invalid_optional_metadata_is_applied_and_dead_lettered(
+    topics: Topics, start_worker: StartWorker
+) -> None:
+    """events.md: a bad profile or recording spec no longer loses the name, parentId and
+    the rest; session.md: `deleted` is published as `none`."""
+    await create_topic(topics.bootstrap, topics.input, 1)
+    sid, now = "meta-1", int(time.time() * 1000)
+    good = {"name": "720p", "width": 1280, "height": 720, "bitrate": 3_000_000, "fps": 30}
+    start = {
+        "type": "session.started",
+        "sessionId": sid,
+        "timestamp": now - 4_000,
+        "name": "Live show",
+        "parentId": "stream-1",
+        "record": True,
+        "profiles": [good, {**good, "name": "360p", "width": 100}],
+        "recordingSpec": {"profiles": [{"bitrate": 900_000, "encoder": "HEVC"}]},
+    }
+    events = [
+        start,
+        {"type": "segment.ingested", "sessionId": sid, "timestamp": now - 3_000, "seqNo": 0,
+         "duration": 2.0, "bytes": 1000},
+        {"type": "recording.updated", "sessionId": sid, "timestamp": now - 2_000,
+         "status": "deleted", "recordingUrl": "https://r/i.m3u8"},
+    ]  # fmt: skip
+    await produce(topics.bootstrap, topics.input, event_records(events))
+    start_worker()
+
+    async def published() -> dict[str, Any] | None:
+        session = (await latest_snapshots(topics.bootstrap, topics.snapshots)).get(sid)
+        return session if session and "recordingStatus" in session else None
+
+    session = await wait_for(published, 60, what="the session's snapshot")
+    assert (session["name"], session["parentId"], session["record"]) == (
+        "Live show",
+        "stream-1",
+        True,
+    )
+    assert (session["recordingStatus"], session["recordingUrl"]) == ("none", "https://r/i.m3u8")
+    assert "profiles" not in session
+    assert "recordingSpec" not in session
+    assert session["sourceSegments"] == 1
+
+    (letter,) = await wait_for(lambda: _dead_letters(topics, 1), 30, what="the dead letter")
+    assert letter.headers["dlq.reason"] == b"invalid_metadata"
+    assert letter.value == orjson.dumps(start), "the original record, unchanged"
+    error = letter.headers["dlq.error"].decode()
+    assert error.startswith("applied without recordingSpec, profiles: "), error
+    assert "recordingSpec.profiles.0.encoder: " in error
+    assert "profiles.1.width: " in error
+
+
 async def _dead_letters(topics: Topics, count: int) -> list[Any] | None:
     found = await read_all(topics.bootstrap, topics.dlq)
     return found if len(found) >= count else None

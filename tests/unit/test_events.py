@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import (
+    FAR_FUTURE,
     SID,
     T0,
     Json,
@@ -25,6 +26,7 @@ from worker.events import (
     MAX_FUTURE_SKEW_MS,
     MAX_JSON_INT,
     InvalidReason,
+    InvalidRecord,
     RecordingUpdated,
     SegmentFailed,
     SegmentIngested,
@@ -32,9 +34,10 @@ from worker.events import (
     SessionEnded,
     SessionStarted,
 )
-from worker.profiles import FfmpegProfile, TranscodeProfile
+from worker.profiles import FfmpegProfile
 
 SCHEMA = InvalidReason.SCHEMA
+METADATA = InvalidReason.INVALID_METADATA
 
 
 def without(body: Json, *names: str) -> Json:
@@ -49,8 +52,12 @@ def with_profile_missing(name: str) -> Json:
     return started(profiles=[without(profile("720p"), name)])
 
 
-def with_transcode_profile(**fields: Any) -> Json:
-    return started(recordingSpec={"profiles": [{"bitrate": 1_000_000, **fields}]})
+def with_spec_profile(**fields: Any) -> Json:
+    return started(recordingSpec={"profiles": [profile("rec", **fields)]})
+
+
+def with_spec_profile_missing(name: str) -> Json:
+    return started(recordingSpec={"profiles": [without(profile("rec"), name)]})
 
 
 # ---------------------------------------------------------------------------- valid shapes
@@ -98,7 +105,7 @@ def test_session_started_parses_every_field() -> None:
         projectId="project-1",
         playbackId="pb1",
         record=True,
-        recordingSpec={"profiles": [{"bitrate": 400, "encoder": "HEVC"}]},
+        recordingSpec={"profiles": [profile("rec", encoder="H.264")]},
         profiles=[profile("720p", fpsDen=1, quality=44, gop="2.0", profile="H264High")],
         kind="stream",
         userId="user-1",
@@ -126,7 +133,11 @@ def test_session_started_parses_every_field() -> None:
         )
     ]
     assert event.recording_spec is not None
-    assert event.recording_spec.profiles == [TranscodeProfile(bitrate=400, encoder="HEVC")]
+    assert event.recording_spec.profiles == [
+        FfmpegProfile(
+            name="rec", width=1280, height=720, bitrate=3_000_000, fps=30, encoder="H.264"
+        )
+    ]
 
 
 def test_session_started_needs_only_a_name() -> None:
@@ -186,16 +197,28 @@ VALID_EDGES = [
     pytest.param(with_profile(profile="H264Baseline"), id="profile H264Baseline"),
     pytest.param(with_profile(profile="H264Main"), id="profile H264Main"),
     pytest.param(with_profile(profile="H264ConstrainedHigh"), id="profile H264ConstrainedHigh"),
-    pytest.param(with_transcode_profile(), id="transcode profile bitrate only"),
-    pytest.param(with_transcode_profile(encoder="H.264"), id="transcode encoder H.264"),
-    pytest.param(with_transcode_profile(encoder="HEVC"), id="transcode encoder HEVC"),
-    pytest.param(with_transcode_profile(encoder="VP8"), id="transcode encoder VP8"),
-    pytest.param(with_transcode_profile(encoder="VP9"), id="transcode encoder VP9"),
-    pytest.param(
-        with_transcode_profile(width=128, height=128, name="r", fps=0), id="transcode full"
-    ),
+    pytest.param(with_spec_profile(), id="recordingSpec profile"),
+    pytest.param(with_spec_profile(encoder="H.264", fpsDen=1, quality=0), id="spec full"),
     pytest.param(started(recordingSpec={"profiles": []}), id="recordingSpec no profiles"),
     pytest.param(recording("ready", T0, recordingUrl="u", mp4Url="m"), id="recording urls"),
+    # Bounds (events.md): every string and list at its limit.
+    pytest.param(started(parentId="p" * 128), id="parentId 128 chars"),
+    pytest.param(started(projectId="p" * 128), id="projectId 128 chars"),
+    pytest.param(started(playbackId="p" * 128), id="playbackId 128 chars"),
+    pytest.param(started(kind="k" * 64), id="kind 64 chars"),
+    pytest.param(started(userId="u" * 128), id="userId 128 chars"),
+    pytest.param(started(profiles=[profile(f"p{i}") for i in range(32)]), id="32 profiles"),
+    pytest.param(
+        started(recordingSpec={"profiles": [profile(f"p{i}") for i in range(32)]}),
+        id="32 recordingSpec profiles",
+    ),
+    pytest.param(with_profile(gop="g" * 64), id="gop 64 chars"),
+    pytest.param(with_profile(width=MAX_JSON_INT, bitrate=MAX_JSON_INT), id="ints 2**53-1"),
+    pytest.param(transcoded(1, renditions={f"r{i}": 1 for i in range(32)}), id="32 renditions"),
+    pytest.param(transcoded(1, renditions={"r" * 500: 1}), id="rendition name 500 chars"),
+    pytest.param(
+        recording("ready", T0, recordingUrl="u" * 2048, mp4Url="m" * 2048), id="urls 2048 chars"
+    ),
 ]
 
 
@@ -333,15 +356,47 @@ INVALID_SCHEMA = [
     pytest.param(started(name=""), "name", id="name empty"),
     pytest.param(started(name="n" * 501), "name", id="name 501 chars"),
     pytest.param(started(name=None), "name", id="name null"),
+    # bounds
+    pytest.param(
+        transcoded(1, renditions={f"r{i}": 1 for i in range(33)}), "renditions", id="33 renditions"
+    ),
+    pytest.param(transcoded(1, renditions={"r" * 501: 1}), "renditions.0.name", id="name 501"),
+    pytest.param(
+        recording("ready", T0, recordingUrl="u" * 2049), "recordingUrl", id="recordingUrl 2049"
+    ),
+    pytest.param(recording("ready", T0, mp4Url="m" * 2049), "mp4Url", id="mp4Url 2049"),
+]
+
+
+@pytest.mark.parametrize(("body", "where"), INVALID_SCHEMA)
+def test_rule_violations_are_schema_violations(body: Json, where: str) -> None:
+    invalid = reject(body)
+    assert invalid.reason is InvalidReason.SCHEMA
+    assert invalid.detail.startswith(where), invalid.detail
+
+
+# ------------------------------------------------------------ invalid optional metadata
+
+INVALID_METADATA = [
     pytest.param(started(record="true"), "record", id="record string"),
     pytest.param(started(record=1), "record", id="record number"),
     pytest.param(started(parentId=5), "parentId", id="parentId number"),
+    pytest.param(started(parentId="p" * 129), "parentId", id="parentId 129 chars"),
+    pytest.param(started(projectId="p" * 129), "projectId", id="projectId 129 chars"),
+    pytest.param(started(playbackId="p" * 129), "playbackId", id="playbackId 129 chars"),
+    pytest.param(started(kind="k" * 65), "kind", id="kind 65 chars"),
+    pytest.param(started(userId="u" * 129), "userId", id="userId 129 chars"),
+    pytest.param(started(userId=["u"]), "userId", id="userId list"),
     pytest.param(started(profiles={}), "profiles", id="profiles object"),
+    pytest.param(
+        started(profiles=[profile(f"p{i}") for i in range(33)]), "profiles", id="33 profiles"
+    ),
     # FfmpegProfile inside session.started
     pytest.param(with_profile(width=127), "profiles.0.width", id="profile width 127"),
     pytest.param(with_profile(height=127), "profiles.0.height", id="profile height 127"),
     pytest.param(with_profile(width="1280"), "profiles.0.width", id="profile width string"),
     pytest.param(with_profile(width=1280.5), "profiles.0.width", id="profile width fraction"),
+    pytest.param(with_profile(width=MAX_JSON_INT + 1), "profiles.0.width", id="width 2**53"),
     pytest.param(with_profile(bitrate=399), "profiles.0.bitrate", id="profile bitrate 399"),
     pytest.param(with_profile(fps=-1), "profiles.0.fps", id="profile fps negative"),
     pytest.param(with_profile(fpsDen=0), "profiles.0.fpsDen", id="profile fpsDen 0"),
@@ -352,6 +407,11 @@ INVALID_SCHEMA = [
     pytest.param(with_profile(encoder="VP9"), "profiles.0.encoder", id="profile encoder VP9"),
     pytest.param(with_profile(name=""), "profiles.0.name", id="profile name empty"),
     pytest.param(with_profile(name="n" * 501), "profiles.0.name", id="profile name 501"),
+    pytest.param(with_profile(gop="g" * 65), "profiles.0.gop", id="gop 65 chars"),
+    pytest.param(with_profile(gop=-1), "profiles.0.gop", id="gop negative"),
+    pytest.param(with_profile(gop=True), "profiles.0.gop", id="gop bool"),
+    pytest.param(with_profile(gop=[2]), "profiles.0.gop", id="gop list"),
+    pytest.param(with_profile(gop=1e300), "profiles.0.gop", id="gop huge"),
     pytest.param(with_profile_missing("name"), "profiles.0.name", id="profile without name"),
     pytest.param(with_profile_missing("width"), "profiles.0.width", id="profile without width"),
     pytest.param(with_profile_missing("height"), "profiles.0.height", id="profile without height"),
@@ -359,42 +419,161 @@ INVALID_SCHEMA = [
         with_profile_missing("bitrate"), "profiles.0.bitrate", id="profile without bitrate"
     ),
     pytest.param(with_profile_missing("fps"), "profiles.0.fps", id="profile without fps"),
-    # TranscodeProfile inside recordingSpec
+    # recordingSpec: FfmpegProfile too (no TranscodeProfile in the seed's SDK)
     pytest.param(
-        started(recordingSpec={"profiles": [{"width": 1280}]}),
-        "recordingSpec.profiles.0.bitrate",
-        id="transcode profile without bitrate",
+        started(recordingSpec={"profiles": [{"bitrate": 1_000_000}]}),
+        "recordingSpec.profiles.0.name",
+        id="spec profile with only a bitrate",
     ),
     pytest.param(
-        with_transcode_profile(bitrate=399),
-        "recordingSpec.profiles.0.bitrate",
-        id="transcode bitrate 399",
-    ),
-    pytest.param(
-        with_transcode_profile(width=127),
-        "recordingSpec.profiles.0.width",
-        id="transcode width 127",
-    ),
-    pytest.param(
-        with_transcode_profile(encoder="AV1"),
+        with_spec_profile(encoder="HEVC"),
         "recordingSpec.profiles.0.encoder",
-        id="transcode encoder AV1",
+        id="spec encoder HEVC",
     ),
     pytest.param(
-        with_transcode_profile(profile="VP9Main"),
+        with_spec_profile(encoder="VP8"), "recordingSpec.profiles.0.encoder", id="spec VP8"
+    ),
+    pytest.param(
+        with_spec_profile_missing("width"),
+        "recordingSpec.profiles.0.width",
+        id="spec profile without width",
+    ),
+    pytest.param(
+        with_spec_profile(profile="VP9Main"),
         "recordingSpec.profiles.0.profile",
-        id="transcode profile enum",
+        id="spec profile enum",
+    ),
+    pytest.param(
+        started(recordingSpec={"profiles": [profile(f"p{i}") for i in range(33)]}),
+        "recordingSpec.profiles",
+        id="spec 33 profiles",
     ),
     pytest.param(started(recordingSpec={}), "recordingSpec.profiles", id="recordingSpec empty"),
     pytest.param(started(recordingSpec=[]), "recordingSpec", id="recordingSpec array"),
 ]
 
 
-@pytest.mark.parametrize(("body", "where"), INVALID_SCHEMA)
-def test_rule_violations_are_schema_violations(body: Json, where: str) -> None:
+def partial(body: Json, key: bytes | None = None, now: int = FAR_FUTURE) -> InvalidRecord:
+    """Decode a payload whose optional metadata is invalid: dead-lettered AND applied."""
+    invalid = reject(body, key, now)
+    assert invalid.reason is METADATA, invalid
+    assert invalid.event is not None
+    return invalid
+
+
+@pytest.mark.parametrize(("body", "where"), INVALID_METADATA)
+def test_invalid_optional_metadata_is_applied_without_the_field(body: Json, where: str) -> None:
+    invalid = partial(body)
+    field = where.split(".", maxsplit=1)[0]
+    assert invalid.detail.startswith(f"applied without {field}: {where}"), invalid.detail
+    # The event is the rest of the record, exactly as if the field had not been sent.
+    assert invalid.event == decode(without(body, field))
+
+
+def test_every_bad_field_is_named_and_dropped_and_the_good_ones_kept() -> None:
+    body = started(
+        name="Show",
+        parentId="stream-1",
+        projectId="p" * 129,
+        record=True,
+        kind="stream",
+        profiles=[profile("720p"), profile("360p", width=100)],
+        recordingSpec={"profiles": [{"bitrate": 400, "encoder": "HEVC"}]},
+    )
+    invalid = partial(body)
+    assert invalid.detail.startswith("applied without projectId, recordingSpec, profiles: ")
+    for path in ("projectId", "profiles.1.width", "recordingSpec.profiles.0.encoder"):
+        assert f"; {path}: " in invalid.detail or f": {path}: " in invalid.detail, path
+    event = invalid.event
+    assert event is not None
+    assert (event.name, event.parent_id, event.record, event.kind) == (
+        "Show",
+        "stream-1",
+        True,
+        "stream",
+    )
+    assert (event.project_id, event.profiles, event.recording_spec) == (None, None, None)
+
+
+def test_metadata_under_its_python_name_is_dropped_alike() -> None:
+    """populate_by_name also reads `parent_id`: its faults must not lose the event either."""
+    invalid = partial(started(parent_id=5, recording_spec={"profiles": [{"bitrate": 400}]}))
+    assert invalid.detail.startswith("applied without parent_id, recording_spec: ")
+    assert invalid.event == decode(started())
+
+
+def test_invalid_metadata_detail_names_each_field_even_with_many_faults() -> None:
+    bad_ladder = [profile(f"p{i}", width=1, height=1, bitrate=1) for i in range(32)]
+    invalid = partial(started(profiles=bad_ladder, userId="u" * 200))
+    assert invalid.detail.startswith("applied without profiles, userId: ")  # model order
+    assert "userId: " in invalid.detail
+    assert "profiles.0.width: " in invalid.detail
+    assert invalid.detail.count("; ") == 7  # at most 8 faults
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(started(name="", projectId=5), SCHEMA, id="bad name"),
+        pytest.param({**started(projectId=5), "timestamp": 0}, SCHEMA, id="bad timestamp"),
+        pytest.param({**started(projectId=5), "sessionId": "a b"}, SCHEMA, id="bad sessionId"),
+        pytest.param(without(started(projectId=5), "name"), SCHEMA, id="no name"),
+    ],
+)
+def test_invalid_required_fields_still_reject_the_whole_event(
+    body: Json, reason: InvalidReason
+) -> None:
     invalid = reject(body)
-    assert invalid.reason is InvalidReason.SCHEMA
-    assert invalid.detail.startswith(where), invalid.detail
+    assert (invalid.reason, invalid.event) == (reason, None)
+
+
+def test_key_and_clock_rules_hold_for_a_partly_applied_event() -> None:
+    body = started(projectId=5, ts=NOW + 300_001)
+    assert reject(body, now=NOW).reason is InvalidReason.FUTURE_TIMESTAMP
+    assert reject(body, key=b"other").reason is InvalidReason.KEY_MISMATCH
+    assert reject(body, key=b"other").event is None
+    assert partial(body, key=SID.encode()).event is not None
+
+
+def test_bad_optional_fields_of_other_events_are_schema_violations() -> None:
+    invalid = reject(recording("ready", T0, recordingUrl=5))
+    assert (invalid.reason, invalid.event) == (SCHEMA, None)
+    assert reject(transcoded(1, transcode_time=-1)).event is None
+
+
+# ------------------------------------------------------------------------------------ gop
+
+
+@pytest.mark.parametrize(
+    ("gop", "published"),
+    [
+        ("2.0", "2.0"),  # strings pass through as sent
+        ("intra", "intra"),
+        ("", ""),
+        (2, "2"),
+        (0, "0"),
+        (2.0, "2"),  # one JSON number, like JSON.stringify prints it
+        (2.5, "2.5"),
+        (0.1, "0.1"),
+        (1.001, "1.001"),
+        (MAX_JSON_INT, str(MAX_JSON_INT)),
+    ],
+)
+def test_gop_numbers_are_published_as_their_decimal_string(gop: Any, published: str) -> None:
+    event = decode(with_profile(gop=gop))
+    assert isinstance(event, SessionStarted)
+    assert event.profiles is not None
+    assert event.profiles[0].gop == published
+
+
+def test_gop_number_text_reads_back_as_the_same_number() -> None:
+    for value in (0.5, 1 / 3, 2.002, 1e-7, 123456.789):
+        event = decode(with_profile(gop=value))
+        assert isinstance(event, SessionStarted)
+        assert event.profiles is not None
+        gop = event.profiles[0].gop
+        assert gop is not None
+        assert float(gop) == value
 
 
 @pytest.mark.parametrize(

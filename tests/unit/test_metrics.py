@@ -136,10 +136,11 @@ def test_healthy_is_absent_while_the_session_is_not_active(store: SessionStore) 
         ([], "waiting"),
         ([("ready", 1)], "ready"),
         ([("ready", 2), ("failed", 1)], "ready"),  # newest by timestamp wins
-        ([("failed", 1), ("deleted", 2)], "deleted"),
+        ([("failed", 1), ("deleted", 2)], "none"),  # as published (session.md)
+        ([("deleted", 1), ("none", 2)], "none"),
     ],
 )
-def test_recording_status_is_an_enum_of_five_series(
+def test_recording_status_is_an_enum_of_four_series(
     store: SessionStore, updates: list[tuple[str, int]], current: str
 ) -> None:
     apply_all(store, [recording(status, seg_ts(3) + offset) for status, offset in updates])
@@ -147,7 +148,8 @@ def test_recording_status_is_an_enum_of_five_series(
     registry = collector_registry(store)
 
     assert snapshot["recordingStatus"] == current
-    for status in ("waiting", "ready", "failed", "deleted", "none"):
+    assert value(registry, "recording_status", {**LABELS, "status": "deleted"}) is None
+    for status in ("waiting", "ready", "failed", "none"):
         expected = 1.0 if status == current else 0.0
         assert value(registry, "recording_status", {**LABELS, "status": status}) == expected
 

@@ -92,6 +92,15 @@ def test_replay_lines_reports_invalid_lines_by_number() -> None:
     assert errors[1].startswith("line 6: unknown_type: ")
 
 
+def test_replay_folds_the_valid_part_of_an_invalid_metadata_line_and_reports_it() -> None:
+    bad = started(T0, sid="m", name="M", parentId="p", profiles=[{"name": "720p"}])
+    sessions, valid, invalid, errors = run_replay(ndjson([bad, ingested(0, T0, sid="m")]))
+    assert (valid, invalid) == (1, 1)
+    assert errors.startswith("line 1: invalid_metadata: applied without profiles: ")
+    assert (sessions[0]["name"], sessions[0]["parentId"]) == ("M", "p")
+    assert "profiles" not in sessions[0]
+
+
 def test_replay_rate_window_is_configurable() -> None:
     sessions = run_replay(LINES, Rules(rate_window_ms=5_000))[0]
     # (T0 - 2000, T0 + 3000]: both source segments of "a" in 5 s.

@@ -69,6 +69,21 @@ async def test_checkpoint_writes_snapshot_changelog_and_dead_letter_before_commi
     assert sink.committed == {0: 8}
 
 
+async def test_invalid_metadata_is_dead_lettered_and_the_rest_of_the_event_folded() -> None:
+    sink = FakeSink()
+    runner = make_runner(sink)
+    await runner.on_assigned([0])
+    bad_ladder = [{"name": "720p", "width": 1, "height": 720, "bitrate": 400, "fps": 30}]
+    runner._process([record(0, 3, started(parentId="stream-1", profiles=bad_ladder))])
+    meta = runner.store.live[SID].meta
+    assert (meta.name, meta.parent_id, meta.profiles) == ("show", "stream-1", None)
+    await runner.checkpoint()
+    (letter,) = [r for box in sink.written for r in box.records[0] if r.topic == "dlq"]
+    assert dict(letter.headers)["dlq.reason"] == b"invalid_metadata"
+    assert runner.metrics.invalid.labels("invalid_metadata")._value.get() == 1
+    assert runner.metrics.events.labels("session.started")._value.get() == 1
+
+
 async def test_failed_checkpoint_commits_nothing_and_is_retried_with_later_records() -> None:
     sink = FakeSink(fail_next=[CheckpointError("broker away", retriable=True)])
     runner = make_runner(sink)

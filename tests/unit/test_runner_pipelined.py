@@ -29,7 +29,7 @@ class GatedSink(FakeSink):
         return await super().checkpoint(outbox)
 
 
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
     async def poll() -> None:
         while not condition():  # noqa: ASYNC110  # fakes have no event to wait on
             await asyncio.sleep(0.005)
@@ -52,7 +52,7 @@ async def test_folding_goes_on_while_a_checkpoint_is_written() -> None:
     assert sink.started == 1  # and no second checkpoint overtakes the first
     sink.gate.set()
     stop.set()
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, 15)
     assert sink.commits[0] == {0: 1}
     assert sink.committed == {0: 2}
     assert [c[0] for c in sink.commits if 0 in c] == sorted(c[0] for c in sink.commits if 0 in c)

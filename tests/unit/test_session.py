@@ -65,7 +65,7 @@ FULL_START = started(
     kind="stream",
     userId="user-1",
     profiles=[*PROFILES[:2], {**PROFILES[2], "fpsDen": 1, "quality": 20, "profile": "H264Main"}],
-    recordingSpec={"profiles": [{"bitrate": 400}, {"bitrate": 900_000, "encoder": "HEVC"}]},
+    recordingSpec={"profiles": [PROFILES[0], {**PROFILES[1], "encoder": "H.264", "gop": "2"}]},
 )
 
 
@@ -208,7 +208,15 @@ def with_changes(**changes: Any) -> Json:
         pytest.param(with_changes(isHealthy=None), id="null with issues"),
         pytest.param(with_changes(issues=...), id="healthy without issues"),
         pytest.param(with_changes(record=True, recordingStatus="done"), id="status enum"),
+        pytest.param(with_changes(record=True, recordingStatus="deleted"), id="status deleted"),
         pytest.param(with_changes(recordingStatus="ready"), id="status without record"),
+        pytest.param(with_changes(recordingUrl="u"), id="recordingUrl without record"),
+        pytest.param(with_changes(record=False, mp4Url="u"), id="mp4Url when not recorded"),
+        pytest.param(with_changes(projectId="p" * 129), id="projectId 129"),
+        pytest.param(with_changes(profiles=[PROFILES[0]] * 33), id="33 profiles"),
+        pytest.param(
+            with_changes(profiles=[{**PROFILES[0], "gop": 2}]), id="gop number (published text)"
+        ),
         pytest.param(with_changes(id="a b"), id="bad id"),
         pytest.param(with_changes(profiles=[{**PROFILES[0], "width": 127}]), id="width 127"),
         pytest.param(with_changes(profiles=[{**PROFILES[0], "bitrate": 399}]), id="bitrate 399"),
@@ -218,10 +226,14 @@ def with_changes(**changes: Any) -> Json:
         pytest.param(with_changes(profiles=[{**PROFILES[0], "fpsDen": 0}]), id="fpsDen 0"),
         pytest.param(with_changes(profiles=[{"name": "a", "bitrate": 400}]), id="no width"),
         pytest.param(with_changes(profiles=[{**PROFILES[0], "x": 1}]), id="profile extra"),
-        pytest.param(with_changes(recordingSpec={"profiles": [{}]}), id="spec without bitrate"),
+        pytest.param(with_changes(recordingSpec={"profiles": [{}]}), id="spec profile empty"),
         pytest.param(
-            with_changes(recordingSpec={"profiles": [{"bitrate": 400, "encoder": "AV1"}]}),
-            id="spec encoder AV1",
+            with_changes(recordingSpec={"profiles": [{"bitrate": 400}]}),
+            id="spec TranscodeProfile of only a bitrate",
+        ),
+        pytest.param(
+            with_changes(recordingSpec={"profiles": [{**PROFILES[0], "encoder": "HEVC"}]}),
+            id="spec encoder HEVC",
         ),
         pytest.param(with_changes(recordingSpec={}), id="spec without profiles"),
     ],
@@ -239,17 +251,61 @@ def test_schema_rejects_what_session_md_forbids(
         with_changes(isHealthy=False, issues=["No source segments received for 14s"]),
         with_changes(lastSeen=...),
         with_changes(record=True, recordingStatus="waiting"),
+        with_changes(record=True, recordingStatus="none", recordingUrl="u", mp4Url="m"),
         with_changes(profiles=PROFILES),
-        with_changes(
-            recordingSpec={"profiles": [{"bitrate": 400, "encoder": e} for e in ("VP8", "VP9")]}
-        ),
+        with_changes(profiles=[{**PROFILES[0], "gop": "2.5", "encoder": "H.264"}] * 32),
+        with_changes(recordingSpec={"profiles": [{**PROFILES[0], "encoder": "H.264"}]}),
     ],
-    ids=["inactive", "unhealthy", "no lastSeen", "recording", "profiles", "recordingSpec"],
+    ids=[
+        "inactive",
+        "unhealthy",
+        "no lastSeen",
+        "recording",
+        "recording urls",
+        "profiles",
+        "32 profiles",
+        "recordingSpec",
+    ],
 )
 def test_schema_accepts_what_session_md_allows(
     instance: Json, schema: Draft202012Validator
 ) -> None:
     assert schema.is_valid(instance)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(with_changes(record=True, recordingStatus="deleted"), id="deleted"),
+        pytest.param(with_changes(recordingUrl="u"), id="url without record"),
+        pytest.param(with_changes(record=False, recordingStatus="none"), id="status unrecorded"),
+        pytest.param(with_changes(recordingSpec={"profiles": [{"bitrate": 400}]}), id="spec"),
+        pytest.param(with_changes(profiles=[{**PROFILES[0], "encoder": "HEVC"}]), id="HEVC"),
+        pytest.param(with_changes(profiles=[PROFILES[0]] * 33), id="33 profiles"),
+    ],
+)
+def test_the_model_rejects_what_the_sdk_cannot_decode(instance: Json) -> None:
+    with pytest.raises(ValidationError):
+        Session.model_validate(instance)
+
+
+@pytest.mark.parametrize(
+    ("status", "published"),
+    [
+        ("waiting", "waiting"),
+        ("ready", "ready"),
+        ("failed", "failed"),
+        ("deleted", "none"),
+        ("none", "none"),
+    ],
+)
+def test_every_input_recording_status_publishes_an_sdk_status(
+    status: str, published: str, schema: Draft202012Validator
+) -> None:
+    state = fold_bodies([started(record=True), recording(status, T0 + 1, recordingUrl="u")])
+    session = render(state, T0 + 1)
+    assert (session["recordingStatus"], session["recordingUrl"]) == (published, "u")
+    assert_valid(session, schema)
 
 
 def test_encode_session_is_compact_json() -> None:

@@ -138,15 +138,15 @@ def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[st
         if value is not None:
             session[json_name] = value[1]
     record = meta_items(state).get("record")
-    status = "waiting"
-    if state.recording is not None:
-        _, status, url, mp4 = state.recording
-        if url is not None:
-            session["recordingUrl"] = url
-        if mp4 is not None:
-            session["mp4Url"] = mp4
     if record is not None and record[1] is True:
-        session["recordingStatus"] = status
+        status = "waiting"
+        if state.recording is not None:
+            _, status, url, mp4 = state.recording
+            if url is not None:
+                session["recordingUrl"] = url
+            if mp4 is not None:
+                session["mp4Url"] = mp4
+        session["recordingStatus"] = "none" if status == "deleted" else status
     return session
 
 
@@ -164,7 +164,7 @@ def _random_start(rng: random.Random, ts: int) -> Json:
         ("projectId", "proj"),
         ("playbackId", "pb"),
         ("record", rng.random() < 0.5),
-        ("recordingSpec", {"profiles": [{"bitrate": 400}]}),
+        ("recordingSpec", {"profiles": PROFILES[:1]}),
     ]:
         if rng.random() < 0.6:
             fields[name] = value
@@ -204,7 +204,8 @@ def _random_bodies(rng: random.Random) -> list[Json]:
                 )
             )
     if rng.random() < 0.3:
-        bodies.append(recording(rng.choice(["waiting", "ready", "failed"]), T0 + 5, mp4Url="m"))
+        status = rng.choice(["waiting", "ready", "failed", "deleted", "none"])
+        bodies.append(recording(status, T0 + 5, mp4Url="m"))
     if rng.random() < 0.2:
         bodies.append(recording("ready", T0 + 9, recordingUrl="https://r/i.m3u8"))
     if rng.random() < 0.25:

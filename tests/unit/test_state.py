@@ -361,7 +361,7 @@ def test_session_started_sets_metadata() -> None:
                 kind="stream",
                 userId="u",
                 profiles=PROFILES,
-                recordingSpec={"profiles": [{"bitrate": 400, "encoder": "VP9"}]},
+                recordingSpec={"profiles": PROFILES[:1]},
             )
         ]
     )
@@ -386,7 +386,7 @@ def test_session_started_sets_metadata() -> None:
         "record": False,
         "playbackId": "pb",
         "profiles": PROFILES,
-        "recordingSpec": {"profiles": [{"bitrate": 400, "encoder": "VP9"}]},
+        "recordingSpec": {"profiles": PROFILES[:1]},
     }
 
 
@@ -448,7 +448,7 @@ def test_recording_is_last_write_wins_per_field_in_any_order(seed: int) -> None:
     random.Random(seed).shuffle(bodies)
     session = render(fold_bodies(bodies), T0)
     assert (session["recordingStatus"], session["recordingUrl"], session["mp4Url"]) == (
-        "deleted",
+        "none",  # deleted, as published (session.md)
         "u2",
         "m2",
     )
@@ -461,12 +461,19 @@ def test_an_older_recording_update_does_not_override_the_status() -> None:
     assert render(state, T0)["recordingStatus"] == "failed"
 
 
-def test_urls_are_kept_without_record() -> None:
-    state = fold_bodies([recording("ready", T0, recordingUrl="u", mp4Url="m")])
+@pytest.mark.parametrize("record", [None, False])
+def test_recording_is_published_only_when_record_is_true(record: bool | None) -> None:
+    start = started(T0 - 1) if record is None else started(T0 - 1, record=record)
+    state = fold_bodies([start, recording("ready", T0, recordingUrl="u", mp4Url="m")])
     session = render(state, T0)
-    assert (session["recordingUrl"], session["mp4Url"]) == ("u", "m")
-    assert "recordingStatus" not in session
-    assert "record" not in session
+    assert {"recordingStatus", "recordingUrl", "mp4Url"}.isdisjoint(session)
+    # Kept meanwhile: a later `record: true` shows them.
+    session = render(fold_bodies([started(T0 + 1, record=True)], state), T0)
+    assert (session["recordingStatus"], session["recordingUrl"], session["mp4Url"]) == (
+        "ready",
+        "u",
+        "m",
+    )
 
 
 def test_session_ended_keeps_the_earliest_end() -> None:

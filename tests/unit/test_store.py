@@ -12,7 +12,6 @@ from tests.unit.builders import (
     decode,
     ended,
     ingested,
-    recording,
     render,
     seg_ts,
     segments,
@@ -207,7 +206,7 @@ def test_event_after_the_end_delays_eviction_until_published() -> None:
     end_at = seg_ts(3)
     store = ended_store(end_at)
     store.tick(end_at + 20_000)
-    apply_all(store, [recording("ready", end_at + 30_000, recordingUrl="https://r/i.m3u8")])
+    apply_all(store, [started(end_at + 30_000, name="renamed")])
     result = store.tick(end_at + RETENTION + 1)
     assert ids(result) == only(snapshots=True, changed=True)
     assert ids(store.tick(end_at + RETENTION + 2))["evicted"] == [SID]

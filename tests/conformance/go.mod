@@ -1,0 +1,3 @@
+module sessionworker/conformance
+
+go 1.21
