@@ -2,8 +2,8 @@
 
 Each command is a coroutine returning a process exit code: 0 done, 1 done but something needs
 attention; it raises StartupError when it cannot run (unreachable broker, missing topic).
-Kafka access goes through worker.kafka; output goes to the streams passed in, so tests can
-capture it.
+Kafka access goes through worker.kafka (readers, topics); output goes to the streams passed
+in, so tests can capture it.
 """
 
 from __future__ import annotations
