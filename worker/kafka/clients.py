@@ -5,7 +5,6 @@ imports aiokafka."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -20,7 +19,6 @@ from aiokafka.errors import (
 
 from worker.settings import SecurityProtocol, Settings
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

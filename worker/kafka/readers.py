@@ -4,10 +4,9 @@ producer and group-less topic readers that commit nothing."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
@@ -15,9 +14,6 @@ from aiokafka.errors import KafkaConnectionError
 from worker.kafka.clients import CONNECT_TIMEOUT_S, StartupError, client_options, with_admin
 from worker.kafka.topics import partition_count
 from worker.settings import Settings
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class EventProducer:

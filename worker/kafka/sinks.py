@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -51,7 +51,6 @@ from worker.outbox import (
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def _checkpoint_result(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -22,7 +22,6 @@ from worker.outbox import InputRecord
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 COMMITTED_TIMEOUT_S: Final = 10.0

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,7 +22,6 @@ from worker.outbox import RecordLimits
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 DESCRIBE_SETTLE_S: Final = 5.0
