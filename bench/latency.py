@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from bench.load import create_topic
 from bench.throughput import bench_settings
 from worker.app import Worker
-from worker.kafka import scan_topic
+from worker.kafka.readers import scan_topic
 from worker.settings import Settings
 
 PAGE: int = os.sysconf("SC_PAGE_SIZE")

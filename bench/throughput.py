@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
 from worker.app import Worker
-from worker.kafka import client_options
+from worker.kafka.clients import client_options
 from worker.outbox import InputRecord
 from worker.settings import Settings
 

@@ -15,14 +15,9 @@ from typing import Final, TextIO
 
 import orjson
 
-from worker.kafka import (
-    CONNECT_TIMEOUT_S,
-    EventProducer,
-    StartupError,
-    StoredRecord,
-    describe_layouts,
-    scan_topic,
-)
+from worker.kafka.clients import CONNECT_TIMEOUT_S, StartupError
+from worker.kafka.readers import EventProducer, StoredRecord, scan_topic
+from worker.kafka.topics import describe_layouts
 from worker.outbox import (
     DLQ_ERROR_HEADER,
     DLQ_OFFSET_HEADER,

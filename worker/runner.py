@@ -110,7 +110,8 @@ class _Round:
     next_slot: int = 0
 
 
-ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
+ChangelogRecords = dict[int, dict[bytes, bytes]]
+"""The latest changelog value of each live session key, per partition (tombstoned keys absent)."""
 ChangelogReader = Callable[[Sequence[int]], Awaitable[ChangelogRecords]]
 ChangelogEncoder = Callable[[SessionState, int | None, int | None], bytes]
 
@@ -586,15 +587,9 @@ class Runner:
             return 0
         by_partition = await self._read_changelog(partitions)
         count = 0
-        for partition, entries in by_partition.items():
-            latest: dict[bytes, bytes | None] = {}
+        for partition, latest in by_partition.items():
             newest = -1
-            for key, value in entries:
-                if key is not None:
-                    latest[key] = value
             for key, value in latest.items():
-                if value is None:
-                    continue
                 try:
                     entry = decode_state(value, partition)
                 except ChangelogFormatError as error:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.kafka import METADATA_BACKOFF_MAX_S, RETRY_BACKOFF_MS, backoff_s, pace_metadata_updates
+from worker.kafka.clients import (
+    METADATA_BACKOFF_MAX_S,
+    RETRY_BACKOFF_MS,
+    backoff_s,
+    pace_metadata_updates,
+)
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:

@@ -10,6 +10,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fakes import FakeSink, FakeSource
 from tests.unit.builders import (
     RENDITION_BYTES,
     SEGMENT_MS,
@@ -29,7 +30,7 @@ from tests.unit.builders import (
     totals,
     transcoded,
 )
-from tests.unit.test_runner import FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.changelog import decode_state, encode_state
 from worker.events import Event
 from worker.replay import replay_lines

@@ -4,86 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.fakes import FakeRecord, FakeSink, FakeSource
 from tests.unit.builders import SID, T0, ended, fold_bodies, ingested, started
 from worker.changelog import decode_state, encode_state
+from worker.kafka.restore import keep_latest
 from worker.metrics import WorkerMetrics
-from worker.outbox import CheckpointError, CheckpointTimings, InputRecord, Outbox
+from worker.outbox import CheckpointError
 from worker.rules import Rules
 from worker.runner import ChangelogRecords, OutputTopics, Runner
 from worker.store import SessionStore
 
 TOPICS = OutputTopics("snapshots", "changelog", "dlq")
-
-
-@dataclass
-class FakeRecord:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    topic: str = "events"
-    timestamp: int = T0
-    headers: Sequence[tuple[str, bytes]] = ()
-
-
-@dataclass
-class FakeSource:
-    batches: list[list[InputRecord]] = field(default_factory=list)
-    waiting: int = 0
-    """What `backlog` reports: records the broker holds beyond the batches."""
-    group_offsets: dict[int, int] | None = None
-    """The group's committed offsets (`make_runner` shares the sink's); None: unavailable."""
-    behind: dict[int, int | None] = field(default_factory=dict)
-    """What `partition_backlog` reports for partitions not caught up."""
-
-    async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
-        await asyncio.sleep(0)
-        return self.batches.pop(0) if self.batches else []
-
-    def backlog(self) -> int:
-        return self.waiting
-
-    def partition_backlog(self, partition: int) -> int | None:
-        """Every partition caught up, unless `behind` says otherwise (None: unknown)."""
-        return self.behind.get(partition, 0)
-
-    async def committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
-        if self.group_offsets is None:
-            return {}
-        return {p: self.group_offsets.get(p) for p in partitions}
-
-
-@dataclass
-class FakeSink:
-    """Records what a checkpoint wrote and committed; can be told to fail."""
-
-    written: list[Outbox] = field(default_factory=list)
-    committed: dict[int, int] = field(default_factory=dict)
-    fail_next: list[CheckpointError] = field(default_factory=list)
-    opened: set[int] = field(default_factory=set)
-
-    async def open_partitions(self, partitions: Sequence[int]) -> None:
-        self.opened |= set(partitions)
-
-    async def close_partitions(self, partitions: Sequence[int]) -> None:
-        self.opened -= set(partitions)
-
-    async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
-        if self.fail_next:
-            raise self.fail_next.pop(0)
-        self.written.append(outbox)
-        self.committed.update(outbox.offsets)
-        return CheckpointTimings(0.0, 0.0)
-
-    def topics_written(self) -> list[str]:
-        return [r.topic for box in self.written for rs in box.records.values() for r in rs]
 
 
 def record(partition: int, offset: int, event: dict[str, object]) -> FakeRecord:
@@ -99,7 +36,7 @@ def make_runner(
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
         assert not runner.ready, "readiness must drop while restoring"
         changelog_reads.append(list(partitions))
-        return {p: (changelog or {}).get(p, []) for p in partitions}
+        return {p: (changelog or {}).get(p, {}) for p in partitions}
 
     if source is None:
         source = FakeSource(group_offsets=sink.committed)
@@ -192,13 +129,11 @@ async def test_assignment_restores_latest_changelog_state_and_skips_tombstones()
     await first.checkpoint()
     kept = first.store.get("kept")
     assert kept is not None
-    changelog: ChangelogRecords = {
-        3: [
-            (b"kept", encode_state(kept, None, 2)),
-            (b"gone", b"stale"),
-            (b"gone", None),
-        ]
-    }
+    latest: dict[bytes, bytes] = {}
+    keep_latest(
+        latest, [(b"kept", encode_state(kept, None, 2)), (b"gone", b"stale"), (b"gone", None)]
+    )
+    changelog: ChangelogRecords = {3: latest}
     second = make_runner(FakeSink(), changelog)
     await second.on_assigned([3])
     assert second.ready
@@ -301,7 +236,7 @@ async def test_a_partition_committed_by_another_member_meanwhile_is_restored() -
     sink.committed[0] = 2
 
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
-        return {0: [(SID.encode(), encode_state(newer, None, 2))]}
+        return {0: {SID.encode(): encode_state(newer, None, 2)}}
 
     runner._read_changelog = read_changelog
     await runner.on_assigned([0])

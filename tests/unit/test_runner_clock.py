@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeSink, FakeSource
 from tests.unit.builders import SID, T0, fold_bodies, ingested, seg_ts, segments, transcoded
-from tests.unit.test_runner import FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.changelog import encode_state
 from worker.rules import Rules
 from worker.runner import ChangelogRecords, Runner
@@ -68,7 +69,7 @@ async def test_once_caught_up_the_wall_clock_takes_over() -> None:
 
 async def test_restored_sessions_are_judged_where_they_left_off_until_fetched() -> None:
     state = fold_bodies(segments(5))
-    changelog: ChangelogRecords = {0: [(SID.encode(), encode_state(state, None, 10))]}
+    changelog: ChangelogRecords = {0: {SID.encode(): encode_state(state, None, 10)}}
     runner = make_runner(FakeSink(), changelog, source=FakeSource(behind={0: None}))
     runner.clock_ms = lambda: LATE_WALL
     await runner.on_assigned([0])

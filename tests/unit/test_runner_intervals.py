@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
+from tests.fakes import FakeRecord, FakeSink, FakeSource
 from tests.unit.builders import SID, T0, ended, ingested, started
-from tests.unit.test_runner import FakeRecord, FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from tests.unit.test_runner_pipelined import wait_for
 from worker.changelog import decode_state, encode_state_v1
 from worker.outbox import CheckpointError, InputRecord, Outbox

@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
+from tests.fakes import FakeSink
 from tests.unit.builders import T0, ended, ingested
-from tests.unit.test_runner import FakeSink, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.rules import Rules
 
 

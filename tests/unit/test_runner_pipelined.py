@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.fakes import FakeSink, FakeSource
 from tests.unit.builders import SID, ingested
-from tests.unit.test_runner import FakeSink, FakeSource, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.outbox import CheckpointError, CheckpointTimings, Outbox
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.fakes import FakeRecord, FakeSink
 from tests.unit.builders import ingested, started
-from tests.unit.test_runner import FakeRecord, FakeSink, make_runner, record
+from tests.unit.test_runner import make_runner, record
 from worker.outbox import (
     CheckpointError,
     CheckpointTimings,
