@@ -79,6 +79,16 @@ class StartupError(RuntimeError):
     """A problem an operator must fix (unreachable broker, missing topic, bad setting)."""
 
 
+def start_failure(client: str, error: BaseException) -> StartupError:
+    """`cannot start <client>: <why>`; a timeout prints as nothing, so it is named."""
+    why = str(error) or (
+        f"no answer within {CONNECT_TIMEOUT_S:.0f}s"
+        if isinstance(error, TimeoutError)
+        else type(error).__name__
+    )
+    return StartupError(f"cannot start {client}: {why}")
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection and security options shared by every client; secrets stay in memory only."""
     options: dict[str, Any] = {

@@ -11,7 +11,13 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from worker.kafka.clients import CONNECT_TIMEOUT_S, StartupError, client_options, with_admin
+from worker.kafka.clients import (
+    CONNECT_TIMEOUT_S,
+    StartupError,
+    client_options,
+    start_failure,
+    with_admin,
+)
 from worker.kafka.topics import partition_count
 from worker.settings import Settings
 
@@ -90,7 +96,7 @@ class TopicReader:
             await asyncio.wait_for(self._consumer.start(), CONNECT_TIMEOUT_S)
         except (TimeoutError, KafkaConnectionError) as error:
             await self._consumer.stop()
-            raise StartupError(f"cannot start consumer: {error or 'timed out'}") from error
+            raise start_failure("consumer", error) from error
         self._started = True
         count = await with_admin(self._settings, lambda admin: partition_count(admin, self.topic))
         if not count:

@@ -30,11 +30,11 @@ from aiokafka.partitioner import murmur2
 
 from worker.kafka.clients import (
     CONNECT_TIMEOUT_S,
-    StartupError,
     client_backoff_options,
     client_options,
     pace_metadata_updates,
     retriable,
+    start_failure,
 )
 from worker.kafka.source import KafkaSource
 from worker.kafka.topics import PRODUCER_MAX_REQUEST_BYTES, read_record_limits, refreshed_limits
@@ -91,7 +91,7 @@ class AtLeastOnceSink:
         try:
             await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
         except (TimeoutError, KafkaConnectionError) as error:
-            raise StartupError(f"cannot start producer: {error or 'timed out'}") from error
+            raise start_failure("producer", error) from error
         self.limits = await read_record_limits(self._settings)
 
     async def open_partitions(self, partitions: Sequence[int]) -> None:

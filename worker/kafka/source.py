@@ -13,10 +13,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from worker.kafka.clients import (
     CONNECT_TIMEOUT_S,
-    StartupError,
     client_backoff_options,
     client_options,
     pace_metadata_updates,
+    start_failure,
 )
 from worker.outbox import InputRecord
 from worker.settings import Settings
@@ -78,7 +78,7 @@ class KafkaSource:
         try:
             await asyncio.wait_for(self._consumer.start(), CONNECT_TIMEOUT_S)
         except (TimeoutError, KafkaConnectionError) as error:
-            raise StartupError(f"cannot start consumer: {error or 'timed out'}") from error
+            raise start_failure("consumer", error) from error
 
     async def fetch(self, timeout_s: float) -> list[InputRecord]:
         batches = await self._consumer.getmany(
