@@ -46,7 +46,7 @@ class Failures(tuple[Any, ...]):
             return self
         return Failures.of({s: f for s, f in self.items().items() if s > oldest})
 
-    def items(self) -> dict[int, tuple[int, str]]:  # type: ignore[override]
+    def items(self) -> dict[int, tuple[int, str]]:
         """seqNo -> (ts, error), in the order first failed."""
         it = iter(self)
         return {s: (ts, error) for s, ts, error in zip(it, it, it, strict=True)}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
+
+from worker.events import Rendition
 
 from worker.rules import DEDUPE_WINDOW
 
@@ -47,7 +50,7 @@ class RenditionMasks(tuple[Any, ...]):
             masks = [x for pair in zip(it, it, strict=True) if pair[1] for x in pair]
         return RenditionMasks(masks)
 
-    def marked(self, renditions: list[dict[str, Any]], bit: int) -> tuple[RenditionMasks, int, int]:
+    def marked(self, renditions: Sequence[Rendition], bit: int) -> tuple[RenditionMasks, int, int]:
         """`bit` set for each rendition; also how many were new and their bytes."""
         masks = list(self)
         added = added_bytes = 0
@@ -66,7 +69,7 @@ class RenditionMasks(tuple[Any, ...]):
             added_bytes += rendition["bytes"]
         return RenditionMasks(masks), added, added_bytes
 
-    def items(self) -> dict[str, int]:  # type: ignore[override]
+    def items(self) -> dict[str, int]:
         """Rendition name -> mask, in the order first set."""
         it = iter(self)
         return dict(zip(it, it, strict=True))
