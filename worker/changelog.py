@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
@@ -138,12 +139,19 @@ column with its format 2 codecs unless it has its own."""
 V1_LAST: Final = frozenset({"endedAt", "timedOut"})
 """Format 1 wrote these keys after all the others."""
 V2_WIDTH: Final = sum(c.v2_width for c in COLUMNS)
-_ENTRY_FIELDS: Final = frozenset({"source_offset", "evicted_at"})
+_ENTRY_COLUMNS: Final = ("source_offset", "evicted_at")
+"""Columns of the entry, not of its state, in COLUMNS order."""
+_state_values: Final = attrgetter(*(c.name for c in COLUMNS if c.name not in _ENTRY_COLUMNS))
+_ENTRY_AT: Final = tuple(i for i, c in enumerate(COLUMNS) if c.name in _ENTRY_COLUMNS)
 
 
 def _values(state: SessionState, evicted_at: int | None, source_offset: int | None) -> list[Any]:
+    """The value of each column, in COLUMNS order."""
+    values = list(_state_values(state))
     entry = {"source_offset": source_offset, "evicted_at": evicted_at}
-    return [entry[c.name] if c.name in _ENTRY_FIELDS else getattr(state, c.name) for c in COLUMNS]
+    for index in _ENTRY_AT:
+        values.insert(index, entry[COLUMNS[index].name])
+    return values
 
 
 def encode_state(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
@@ -151,12 +159,13 @@ def encode_state(state: SessionState, evicted_at: int | None, source_offset: int
     short). Runs for every changed session every checkpoint."""
     body: list[Any] = []
     for column, value in zip(COLUMNS, _values(state, evicted_at, source_offset), strict=True):
-        if column.to_v2 is None:
+        encode = column.to_v2
+        if encode is None:
             body.append(value)
         elif column.v2_width == 1:
-            body.append(column.to_v2(value))
+            body.append(encode(value))
         else:
-            body.extend(column.to_v2(value))
+            body.extend(encode(value))
     return orjson.dumps({"v": FORMAT_VERSION, "s": body})
 
 
@@ -192,18 +201,29 @@ def _decoded(columns: dict[str, Any], partition: int) -> ChangelogEntry:
     return ChangelogEntry(SessionState(partition=partition, **columns), evicted_at, source_offset)
 
 
+def _v2_readers() -> tuple[tuple[str, int, int, _Codec | None], ...]:
+    """(name, first index, width, decoder) of each column in a format 2 array."""
+    readers, at = [], 0
+    for column in COLUMNS:
+        readers.append((column.name, at, column.v2_width, column.from_v2))
+        at += column.v2_width
+    return tuple(readers)
+
+
+_V2_READERS: Final = _v2_readers()
+
+
 def _decode_v2(body: list[Any], partition: int) -> ChangelogEntry:
     if not isinstance(body, list):
         raise ChangelogFormatError(f"corrupt changelog record: not an array: {body!r:.80}")
     if len(body) != V2_WIDTH:
-        raise ChangelogFormatError(f"corrupt changelog record: {len(body)} values")
+        raise ChangelogFormatError(
+            f"corrupt changelog record: {len(body)} values, expected {V2_WIDTH}"
+        )
     columns: dict[str, Any] = {}
-    at = 0
-    for column in COLUMNS:
-        width = column.v2_width
-        value = body[at] if width == 1 else tuple(body[at : at + width])
-        at += width
-        columns[column.name] = value if column.from_v2 is None else column.from_v2(value)
+    for name, at, width, decode in _V2_READERS:
+        value = body[at] if width == 1 else body[at : at + width]
+        columns[name] = value if decode is None else decode(value)
     return _decoded(columns, partition)
 
 

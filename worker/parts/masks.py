@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from worker.events import Rendition
-
 from worker.rules import DEDUPE_WINDOW
 
 WINDOW_BITS: Final = (1 << DEDUPE_WINDOW) - 1

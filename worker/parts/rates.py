@@ -20,16 +20,27 @@ class RateWindow:
     come and go, so a tick whose window holds every entry reads the sum, not the entries."""
 
     __slots__ = ("_flat", "_newest", "_oldest", "_total")
+    _flat: array[int]
+    _total: int
+    _oldest: int
+    _newest: int
 
     def __init__(self, entries: Iterable[tuple[int, int]] = ()) -> None:
-        self._set(array("q", [x for entry in entries for x in entry]))
+        if entries:
+            self._set(array("q", [x for ts, size in entries for x in (ts, size)]))
+        else:  # most new windows: cheaper
+            self._flat = array("q")
+            self._total = self._oldest = self._newest = 0
 
     def _set(self, flat: array[int]) -> None:
         self._flat = flat
-        stamps = flat[0::2]
-        self._total: int = sum(flat[1::2])
-        self._oldest: int = min(stamps, default=0)
-        self._newest: int = max(stamps, default=0)
+        if flat:
+            stamps = flat[0::2]
+            self._total = sum(flat[1::2])
+            self._oldest = min(stamps)
+            self._newest = max(stamps)
+        else:
+            self._total = self._oldest = self._newest = 0
 
     def __len__(self) -> int:
         return len(self._flat) // 2
@@ -62,8 +73,14 @@ class RateWindow:
     def expire(self, start_ms: int) -> None:
         """Drop entries stamped at or before `start_ms`: they never count again for a later
         `now` (into an array of the exact size: appending grows one with room to spare)."""
-        if self._flat and self._oldest <= start_ms:
-            self._set(array("q", [x for e in _pairs(self._flat) if e[0] > start_ms for x in e]))
+        if not self._flat or self._oldest > start_ms:
+            return
+        it = iter(self._flat)
+        kept = [entry for entry in zip(it, it, strict=True) if entry[0] > start_ms]
+        self._flat = array("q", [x for entry in kept for x in entry])
+        self._total = sum([size for _, size in kept])
+        if kept:  # the newest stays: it is after the start
+            self._oldest = min(kept)[0]
 
     def bytes_in(self, now_ms: int, window_ms: int) -> int:
         """Bytes of the entries stamped in (now - window, now]."""
@@ -84,4 +101,4 @@ class RateWindow:
 
     @classmethod
     def from_wire(cls, entries: list[Any]) -> RateWindow:
-        return cls((ts, size) for ts, size in entries)
+        return cls(entries)

@@ -22,7 +22,7 @@ class RecentDurations:
     __slots__ = ("_flat",)
 
     def __init__(self, items: dict[int, float] | None = None) -> None:
-        flat = [x for item in (items or {}).items() for x in item]
+        flat = [x for item in items.items() for x in item] if items else []
         self._flat: array[float] = array("d", flat)
 
     def __len__(self) -> int:
@@ -102,10 +102,14 @@ class RecentTranscodes:
     __slots__ = ("_flat", "_names")
 
     def __init__(self, items: dict[int, tuple[float | None, Names]] | None = None) -> None:
-        entries = (items or {}).items()
-        flat = [x for s, (r, _) in entries for x in (s, NO_RATIO if r is None else r)]
-        self._flat: array[float] = array("d", flat)
-        self._names: tuple[Names, ...] = share_names_run(tuple(n for _, (_, n) in entries))
+        self._flat: array[float] = array("d")
+        self._names: tuple[Names, ...] = ()
+        if items:
+            entries = items.items()
+            self._flat.extend(
+                [x for s, (r, _) in entries for x in (s, NO_RATIO if r is None else r)]
+            )
+            self._names = share_names_run(tuple([n for _, (_, n) in entries]))
 
     def __len__(self) -> int:
         return len(self._names)
