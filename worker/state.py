@@ -177,14 +177,16 @@ def _remember_names(arrival: tuple[str, ...]) -> tuple[str, ...]:
 def _fold_transcoded(state: SessionState, event: SegmentTranscoded) -> None:
     seq_no = event.seq_no
     hwm = state.transcoded_hwm
-    masks = state.rendition_masks
+    shift = 0
     if seq_no > hwm:
-        masks = masks.shifted(seq_no - hwm)
+        shift = seq_no - hwm
         state.transcoded_hwm = hwm = seq_no
     elif hwm - seq_no >= DEDUPE_WINDOW:
         state.late_segments += 1
         return
-    state.rendition_masks, added, added_bytes = masks.marked(event.renditions, 1 << (hwm - seq_no))
+    state.rendition_masks, added, added_bytes = state.rendition_masks.marked(
+        event.renditions, hwm - seq_no, shift
+    )
     if added:
         state.transcoded_segments += added
         state.transcoded_duration_us += added * round(event.duration * MICROS)

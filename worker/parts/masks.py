@@ -37,21 +37,25 @@ class RenditionMasks(tuple[Any, ...]):
         """Whether any rendition has `bit` set."""
         return any(mask & bit for mask in self[1::2])
 
-    def shifted(self, shift: int) -> RenditionMasks:
+    def _shifted(self, shift: int) -> list[Any]:
         """Re-anchored `shift` seqNos higher, without the masks left empty."""
         if shift >= DEDUPE_WINDOW:
-            return NO_MASKS  # nothing survives (and no huge shift)
+            return []  # nothing survives (and no huge shift)
         masks = list(self)
         for index in range(1, len(masks), 2):
             masks[index] = (masks[index] << shift) & WINDOW_BITS
         if 0 in masks:  # a rendition absent for the whole window: forget it
             it = iter(masks)
             masks = [x for pair in zip(it, it, strict=True) if pair[1] for x in pair]
-        return RenditionMasks(masks)
+        return masks
 
-    def marked(self, renditions: Sequence[Rendition], bit: int) -> tuple[RenditionMasks, int, int]:
-        """`bit` set for each rendition; also how many were new and their bytes."""
-        masks = list(self)
+    def marked(
+        self, renditions: Sequence[Rendition], offset: int, shift: int = 0
+    ) -> tuple[RenditionMasks, int, int]:
+        """Re-anchored `shift` seqNos higher (the high-water mark moved), then bit `offset`
+        set for each rendition; also how many renditions were new and their bytes."""
+        masks = self._shifted(shift) if shift else list(self)
+        bit = 1 << offset
         added = added_bytes = 0
         for rendition in renditions:
             name = rendition["name"]

@@ -14,18 +14,20 @@ def renditions(*names: str) -> list[Rendition]:
 
 
 def test_marked_counts_only_new_bits() -> None:
-    masks, added, added_bytes = NO_MASKS.marked(renditions("a", "b"), 1)
+    masks, added, added_bytes = NO_MASKS.marked(renditions("a", "b"), 0)
     assert (masks.items(), added, added_bytes) == ({"a": 1, "b": 1}, 2, 20)
-    again, added, _ = masks.marked(renditions("a", "c"), 1)
+    again, added, _ = masks.marked(renditions("a", "c"), 0)
     assert (again.items(), added) == ({"a": 1, "b": 1, "c": 1}, 1)
     assert again.any_has(1)
     assert not again.any_has(2)
 
 
-def test_shifted_forgets_empty_masks_and_whole_window_jumps() -> None:
+def test_a_shift_moves_the_bits_and_forgets_empty_masks() -> None:
     masks = RenditionMasks.of({"a": 1, "b": 1 << (DEDUPE_WINDOW - 1)})
-    assert masks.shifted(1).items() == {"a": 2}
-    assert masks.shifted(DEDUPE_WINDOW) is NO_MASKS
+    shifted, added, _ = masks.marked(renditions("c"), 0, shift=1)
+    assert (shifted.items(), added) == ({"a": 2, "c": 1}, 1)
+    jumped, _, _ = masks.marked(renditions("c"), 0, shift=DEDUPE_WINDOW)
+    assert jumped.items() == {"c": 1}
 
 
 def test_mask_wire_form() -> None:
