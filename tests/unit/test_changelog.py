@@ -35,6 +35,7 @@ from tests.unit.builders import (
 )
 from tests.unit.test_session_reference import RULES, varied_states
 from worker.changelog import (
+    COLUMNS,
     FORMAT_VERSION,
     ChangelogEntry,
     ChangelogFormatError,
@@ -540,3 +541,18 @@ def test_frozen_records_decode_into_the_same_state() -> None:
             assert digest == record["sessions_sha256"]
             pinned += 1
     assert pinned >= 20, "the frozen records still pin the published bytes"
+
+
+def test_columns_name_every_state_field_once_and_groups_in_index_order() -> None:
+    """The one table both formats are generated from: every field of the state but the
+    runtime ones is a column, and the columns of a format 1 group come in index order."""
+    names = [column.name for column in COLUMNS]
+    runtime = {"partition", "published_hash", "exported"}
+    state_fields = {f.name for f in dataclasses.fields(SessionState)} - runtime
+    assert sorted(names) == sorted(state_fields | {"source_offset", "evicted_at"})
+    groups: dict[str, list[int]] = {}
+    for column in COLUMNS:
+        key, _, index = column.v1.partition(".")
+        if index:
+            groups.setdefault(key, []).append(int(index))
+    assert groups == {"totals": list(range(7)), "source": [0, 1], "transcoded": [0, 1]}
