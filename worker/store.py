@@ -233,7 +233,7 @@ class SessionStore:
             state.exported = exported_values(session)
             digest = hash(payload)
             if session["isHealthy"] is None and (
-                not state.rates or is_inactive(state, now_ms, rules)
+                not state.has_rates() or is_inactive(state, now_ms, rules)
             ):
                 settled.add(session_id)  # from the next tick on: what it shows now is final
             if digest != state.published_hash:
