@@ -56,8 +56,15 @@ class _Live:
 class Traffic:
     """Deterministic event stream of `sessions` concurrently active sessions, in time order."""
 
-    def __init__(self, sessions: int, seed: int = 11, churn_every: int = 8) -> None:
+    def __init__(
+        self,
+        sessions: int,
+        seed: int = 11,
+        churn_every: int = 8,
+        renditions: tuple[tuple[str, int], ...] = RENDITIONS,
+    ) -> None:
         self.sessions = sessions
+        self._renditions = renditions
         self._rng = random.Random(seed)
         self._churn_every = churn_every
         self._created = 0
@@ -71,8 +78,7 @@ class Traffic:
         self.session_ids.add(sid)
         return _Live(sid, index, slot_offset_ms, 0, ends, index % 3 == 0)
 
-    @staticmethod
-    def _started(live: _Live, at: int) -> dict[str, Any]:
+    def _started(self, live: _Live, at: int) -> dict[str, Any]:
         i = live.index
         return {
             "type": "session.started",
@@ -86,7 +92,7 @@ class Traffic:
             "kind": "stream",
             "profiles": [
                 {"name": n, "width": 1280, "height": 720, "bitrate": b, "fps": 30, "gop": "2.0"}
-                for n, b in RENDITIONS
+                for n, b in self._renditions
             ],
         }
 
@@ -115,7 +121,9 @@ class Traffic:
             "seqNo": seq,
             "duration": duration,
             "transcodeTime": round(delay / 1000 * rng.uniform(0.6, 0.9), 3),
-            "renditions": [{"name": n, "bytes": size * b // 4_000_000} for n, b in RENDITIONS],
+            "renditions": [
+                {"name": n, "bytes": size * b // 4_000_000} for n, b in self._renditions
+            ],
         }
         if rng.random() < 0.03:
             failed_at = at + delay
