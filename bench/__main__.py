@@ -34,6 +34,18 @@ from worker.gctune import tune_gc
 T = TypeVar("T")
 RESULTS: Final = Path(__file__).parent / "results"
 SECTIONS: Final = ("throughput", "latency", "memory", "scrape", "restore")
+LAYER_LABELS: Final = {
+    "bare": "(a) bare consumer",
+    "orjson": "(b) + orjson.loads (decode-only ceiling)",
+    "pydantic": "(c) + pydantic validate_json",
+    "worker": "worker",
+}
+LAYER_TARGETS: Final = {
+    "bare": "",
+    "orjson": "worker >= 35%",
+    "pydantic": "",
+    "worker": "",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +61,11 @@ class Sizes:
 
 
 FULL: Final = Sizes(
-    2_000_000, 10_000, 3, (5_000, 20_000), 120, 100_000, (1_000, 10_000, 100_000), 100_000
+    2_000_000, 10_000, 3, (5_000, 10_000, 20_000), 120, 100_000, (1_000, 10_000, 100_000), 100_000
 )
-QUICK: Final = Sizes(300_000, 10_000, 3, (5_000, 20_000), 30, 20_000, (1_000, 10_000), 10_000)
+QUICK: Final = Sizes(
+    300_000, 10_000, 2, (5_000, 10_000, 20_000), 20, 20_000, (1_000, 10_000), 10_000
+)
 
 
 def run_on(loop: str, coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -76,53 +90,89 @@ def bench_throughput(
     variants += [(loops[0], interval) for interval in intervals[1:]]
     out: dict[str, Any] = {"prefill": asdict(filled), "loops": {}}
     for loop, interval in variants:
-        ceilings, workers, ratios = [], [], []
+        runs: dict[str, list[throughput.Run]] = {
+            name: [] for name in (*throughput.LAYERS, "worker")
+        }
+        probes: dict[str, list[float]] = {}
         for rep in range(sizes.reps):
-            ceiling = run_on(loop, partial(_ceiling_rate, bootstrap, topic, filled.events))
-            worker = run_on(loop, partial(_worker_rate, bootstrap, topic, filled.events, interval))
-            ceilings.append(ceiling)
-            workers.append(worker)
-            ratios.append(worker / ceiling)
+            for layer in throughput.LAYERS:
+                runs[layer].append(
+                    run_on(loop, partial(_ceiling, bootstrap, topic, filled.events, layer))
+                )
+            worker, probed = run_on(
+                loop, partial(_worker, bootstrap, topic, filled.events, interval)
+            )
+            runs["worker"].append(worker)
+            for url, timings in probed.items():
+                probes.setdefault(url.rsplit("/", 1)[-1], []).extend(ms for ms, _ in timings)
             print(
                 f"  {loop}, publish every {interval:g}s, rep {rep + 1}: "
-                f"ceiling {ceiling:,.0f}/s, worker {worker:,.0f}/s",
+                + ", ".join(f"{name} {r[-1].rate:,.0f}/s" for name, r in runs.items()),
                 file=sys.stderr,
             )
         name = loop if interval == intervals[0] else f"{loop}, publish interval {interval:g} s"
-        out["loops"][name] = {
-            "publish_interval_s": interval,
-            "ceiling_events_per_s": ceilings,
-            "worker_events_per_s": workers,
-            "ratios": ratios,
-            "ceiling_median": statistics.median(ceilings),
-            "worker_median": statistics.median(workers),
-            "ratio_median": statistics.median(ratios),
-        }
+        out["loops"][name] = _throughput_figures(interval, runs, probes)
     return out
 
 
-async def _ceiling_rate(bootstrap: str, topic: str, events: int) -> float:
-    run = await throughput.read_ceiling(throughput.bench_settings(bootstrap, topic), events)
-    return run.rate
+def _throughput_figures(
+    interval: float, runs: dict[str, list[throughput.Run]], probes: dict[str, list[float]]
+) -> dict[str, Any]:
+    """Per layer: rates, CPU µs per event (medians); the worker's share of each ceiling
+    (median of the per-repetition ratios); the HTTP answer times while it caught up."""
+    worker = runs["worker"]
+    figures: dict[str, Any] = {"publish_interval_s": interval, "layers": {}, "http": {}}
+    for name, layer_runs in runs.items():
+        figures["layers"][name] = {
+            "events_per_s": [r.rate for r in layer_runs],
+            "cpu_us_per_event": [r.cpu_us_per_event for r in layer_runs],
+            "rate_median": statistics.median(r.rate for r in layer_runs),
+            "cpu_us_median": statistics.median(r.cpu_us_per_event for r in layer_runs),
+            "worker_ratio_median": statistics.median(
+                w.rate / r.rate for w, r in zip(worker, layer_runs, strict=True)
+            ),
+        }
+    for path, ms in probes.items():
+        ms.sort()
+        figures["http"][path] = {
+            "answers": len(ms),
+            "p50_ms": latency.percentile(ms, 0.5),
+            "p99_ms": latency.percentile(ms, 0.99),
+            "max_ms": ms[-1] if ms else float("nan"),
+            "over_100ms": sum(1 for x in ms if x > 100),
+        }
+    return figures
 
 
-async def _worker_rate(bootstrap: str, topic: str, events: int, interval: float) -> float:
+async def _ceiling(bootstrap: str, topic: str, events: int, layer: str) -> throughput.Run:
+    return await throughput.read_ceiling(throughput.bench_settings(bootstrap, topic), events, layer)
+
+
+async def _worker(
+    bootstrap: str, topic: str, events: int, interval: float
+) -> tuple[throughput.Run, dict[str, list[tuple[float, int]]]]:
     settings = throughput.bench_settings(bootstrap, topic, publish_interval_s=interval)
-    run, _ = await throughput.run_worker(settings, events)
-    return run.rate
+    run, _, probes = await throughput.run_worker(settings, events, probe_every_s=0.02)
+    return run, probes
 
 
 def bench_latency(
-    bootstrap: str, sizes: Sizes, retention_s: float | None = None
+    bootstrap: str, sizes: Sizes, retention_s: float | None = None, profile: Path | None = None
 ) -> list[dict[str, Any]]:
     """One soak per offered rate, lowest first (a heavy soak leaves the broker busy for a
-    while): the target's 20k events/s, and a lower rate this machine's worker can follow."""
+    while). `profile`: a directory for a py-spy profile of each soak."""
     results = []
     for rate in sizes.rates:
         overrides: dict[str, object] = {}
         if retention_s is not None:  # exercise eviction and forgetting within the soak
             overrides = {"retention_s": retention_s, "evicted_ttl_s": 2 * retention_s}
-        result = uvloop.run(latency.measure(bootstrap, rate, sizes.soak_s, overrides=overrides))
+        spy = None
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = profile / f"latency-{rate:.0f}.txt"
+        result = uvloop.run(
+            latency.measure(bootstrap, rate, sizes.soak_s, overrides=overrides, profile=spy)
+        )
         results.append({**asdict(result), "rss_slope_mib_per_min": result.rss_slope_mib_per_min})
         print(f"  latency at {rate:,.0f} ev/s: p99 {result.p99_ms:,.0f} ms", file=sys.stderr)
     return results
@@ -176,12 +226,24 @@ def table(results: dict[str, Any]) -> str:
     tp = results.get("throughput")
     if tp:
         for loop, r in tp["loops"].items():
-            rows.append(
-                f"| throughput ({loop}), median of {len(r['ratios'])} | worker "
-                f"{r['worker_median']:,.0f} ev/s vs ceiling {r['ceiling_median']:,.0f} ev/s: "
-                f"**{r['ratio_median']:.0%}** (per-rep ratios "
-                f"{', '.join(f'{x:.0%}' for x in r['ratios'])}) | >= 70%, >= 100k ev/s |"
-            )
+            layers = r["layers"]
+            reps = len(layers["worker"]["events_per_s"])
+            for name, label in LAYER_LABELS.items():
+                f = layers[name]
+                share = "" if name == "worker" else f"; worker **{f['worker_ratio_median']:.0%}**"
+                rows.append(
+                    f"| throughput ({loop}), {label}, median of {reps} | {f['rate_median']:,.0f} "
+                    f"ev/s, **{f['cpu_us_median']:.1f} µs CPU/event**{share} (per rep "
+                    f"{', '.join(f'{x:,.0f}' for x in f['events_per_s'])}) "
+                    f"| {LAYER_TARGETS[name]} |"
+                )
+            for path, h in r["http"].items():
+                rows.append(
+                    f"| HTTP `/{path}` while the worker catches up ({h['answers']:,} answers, "
+                    f"every 20 ms) | p50 {h['p50_ms']:,.1f} ms, p99 {h['p99_ms']:,.0f} ms, "
+                    f"**max {h['max_ms']:,.0f} ms**, {h['over_100ms']} over 100 ms "
+                    f"| max <= 100 ms |"
+                )
     for lat in results.get("latency", []):
         rows.append(
             f"| event-to-snapshot latency at {lat['rate_offered']:,.0f} ev/s "
@@ -192,6 +254,12 @@ def table(results: dict[str, Any]) -> str:
             f"{lat['checkpoint_p50_ms']:,.0f} ms, max {lat['checkpoint_max_ms']:,.0f} ms; "
             f"CPU: worker {lat['worker_cpu']:.0%}, load generator {lat['generator_cpu']:.0%} "
             f"of a core | p99 <= {lat['publish_interval_s'] * 1000 + 250:,.0f} ms |"
+        )
+        rows.append(
+            f"| worker CPU per event at {lat['rate_offered']:,.0f} ev/s "
+            f"| **{lat['worker_us_per_event']:.1f} µs** (load generator "
+            f"{lat['generator_us_per_event']:.1f} µs, at most "
+            f"{lat['generator_late_ms_max']:,.0f} ms behind its schedule) | <= 30 µs |"
         )
         peak = max((m for _, m in lat["rss_mib"]), default=0.0)
         rows.append(
@@ -261,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="latency soaks: evict ended sessions after this many seconds (default 300)",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        help="latency soaks: py-spy (pip install py-spy) each one into DIR/latency-RATE.txt "
+        "(raw folded stacks; summarise with python -m bench.profile)",
+    )
+    parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
     )
     args = parser.parse_args(argv)
@@ -295,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 [float(i) for i in args.intervals.split(",")],
             )
         elif section == "latency":
-            results[section] = bench_latency(args.bootstrap, sizes, args.retention)
+            results[section] = bench_latency(args.bootstrap, sizes, args.retention, args.profile)
         elif section == "memory":
             results[section] = bench_memory(sizes)
         elif section == "scrape":

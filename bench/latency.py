@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from bench.load import create_topic
 from bench.throughput import bench_settings
 from worker.app import Worker
-from worker.kafka import scan_topic
+from worker.kafka.readers import scan_topic
 from worker.settings import Settings
 
 PAGE: int = os.sysconf("SC_PAGE_SIZE")
@@ -62,7 +62,15 @@ class LatencyResult:
     worker_cpu: float
     """The worker's CPU time over the load, as a fraction of one core (1.0: one core busy)."""
     generator_cpu: float
-    """The load generator's (a separate process) CPU time over its run, a fraction of a core."""
+    """The load generator's (a separate process) CPU time over its sending, a fraction of a
+    core (its preparation, before the sending, is not counted)."""
+    worker_us_per_event: float
+    """The worker process's CPU time over the load (user + system, from getrusage) divided by
+    the events offered: the cost of an event at this rate, measured from outside the worker.
+    Understated when the worker falls behind (what it folds after the load is not counted)."""
+    generator_us_per_event: float
+    generator_late_ms_max: float
+    """The furthest the generator's sending fell behind its 10 ms schedule."""
     rss_mib: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, RSS MiB) samples of this process (the worker) over the run."""
 
@@ -96,8 +104,11 @@ async def measure(
     warmup_s: float = 5.0,
     partitions: int = 6,
     overrides: dict[str, object] | None = None,
+    profile: Path | None = None,
 ) -> LatencyResult:
-    """`overrides`: worker settings for this run (e.g. a short retention)."""
+    """`overrides`: worker settings for this run (e.g. a short retention). `profile`: record
+    this process (the worker) with py-spy over the soak, after the warm-up, into that file
+    (raw folded stacks, `--idle`)."""
     topic = f"bench.live.{time.time_ns() // 1_000_000}"
     settings: Settings = bench_settings(bootstrap, topic, **(overrides or {}))
     await create_topic(bootstrap, topic, partitions)
@@ -114,11 +125,6 @@ async def measure(
         if serving.done():
             serving.result()
         await asyncio.sleep(0.05)
-    started = time.monotonic()
-    cpu_started = resource.getrusage(resource.RUSAGE_SELF)
-    children_started = resource.getrusage(resource.RUSAGE_CHILDREN)
-    samples: list[tuple[float, float]] = []
-    sampler = asyncio.create_task(_sample_rss(samples, started))
     producer = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -136,19 +142,27 @@ async def measure(
         str(seconds),
         stdout=asyncio.subprocess.PIPE,
     )
-    out, _ = await producer.communicate()
+    assert producer.stdout is not None
+    await producer.stdout.readline()  # "started": its records are encoded, the sending begins
+    started = time.monotonic()
+    cpu_started = resource.getrusage(resource.RUSAGE_SELF)
+    samples: list[tuple[float, float]] = []
+    sampler = asyncio.create_task(_sample_rss(samples, started))
+    spy = await _profile(profile, seconds) if profile else None
+    out = await producer.stdout.read()
+    await producer.wait()
     loaded_s = time.monotonic() - started
     worker_cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - _cpu_seconds(cpu_started)
-    generator_cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu_seconds(
-        children_started
-    )
+    if spy is not None:
+        await spy.wait()
     await asyncio.sleep(settings.publish_interval_s * 2 + 1)  # let the last events publish
     sampler.cancel()
     sessions_live = len(worker.store)
     holds = sorted(checkpoints)  # not the final checkpoint of the shutdown (all sessions)
     worker.stop()
     await serving
-    sent = int(orjson.loads(out)["sent"]) if producer.returncode == 0 else 0
+    run = orjson.loads(out) if producer.returncode == 0 else {}
+    sent = int(run.get("sent", 0))
     latencies, unpublished = await _latencies(settings, warmup_s)
     return LatencyResult(
         rate_offered=rate,
@@ -164,8 +178,33 @@ async def measure(
         checkpoint_p50_ms=percentile(holds, 0.5),
         checkpoint_max_ms=holds[-1] if holds else float("nan"),
         worker_cpu=worker_cpu / loaded_s,
-        generator_cpu=generator_cpu / loaded_s,
+        generator_cpu=run.get("cpu_s", float("nan")) / loaded_s,
+        worker_us_per_event=worker_cpu * 1e6 / max(1, sent),
+        generator_us_per_event=run.get("cpu_s", float("nan")) * 1e6 / max(1, sent),
+        generator_late_ms_max=run.get("late_ms_max", float("nan")),
         rss_mib=samples,
+    )
+
+
+async def _profile(path: Path, seconds: float) -> asyncio.subprocess.Process:
+    """py-spy (from the venv) on this process, from the warm-up's end to the load's end."""
+    await asyncio.sleep(5.0)
+    spy = Path(sys.executable).with_name("py-spy")
+    return await asyncio.create_subprocess_exec(
+        str(spy),
+        "record",
+        "--pid",
+        str(os.getpid()),
+        "--idle",
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+        "--duration",
+        str(max(1, round(seconds - 7))),
+        "--output",
+        str(path),
+        stdout=asyncio.subprocess.DEVNULL,
     )
 
 

@@ -1,7 +1,7 @@
 """Restore benchmark: how long a worker takes to rebuild N sessions from the changelog.
 
 Writes N realistic session states to a fresh changelog topic on the local broker, then times
-the real restore path (an assignment: `read_partitions` + `Runner.restore`) and, separately,
+the real restore path (an assignment: `read_latest` + `Recovery.restore`) and, separately,
 the pure decode. Then a rebalance that gives every partition back unchanged, as the eager
 protocol does to a member whose partitions stay with it: the revoke (its final checkpoint:
 every restored session is ticked and published once, here into a sink that discards it)
@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry
 
 from worker.changelog import decode_state, encode_state
-from worker.kafka import EventProducer, TopicSpec, ensure_topics, read_partitions
+from worker.kafka.readers import EventProducer
+from worker.kafka.restore import read_latest
+from worker.kafka.topics import TopicSpec, ensure_topics
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
@@ -101,7 +103,7 @@ async def run(sessions: int, bootstrap: str) -> dict[str, float]:
         _NullSink(),
         SessionStore(Rules()),
         WorkerMetrics(CollectorRegistry()),
-        lambda parts: read_partitions(settings, topic, parts),
+        lambda parts: read_latest(settings, topic, parts),
         OutputTopics("s", topic, "d"),
         publish_interval_s=1.0,
     )

@@ -48,6 +48,9 @@ def sdk_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
     checked, failed = verify_collected(path)
     if failed is not None:
         pytest.fail(failed)
+    ran_integration = any("integration" in item.path.parts for item in request.session.items)
+    if ran_integration and not request.session.testsfailed and not checked:
+        pytest.fail("SDK conformance: the integration tests ran but no snapshot was collected")
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if checked and reporter is not None and capture is not None:

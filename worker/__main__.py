@@ -79,7 +79,7 @@ def interactive(command: Callable[[], int]) -> int:
 
 
 def run_tool(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.kafka import StartupError  # noqa: PLC0415
+    from worker.kafka.clients import StartupError  # noqa: PLC0415
 
     replaying = args.command_path == "dlq replay"
     if replaying and not (args.all or args.reason or args.offset):

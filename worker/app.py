@@ -17,15 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from worker.changelog import encode_state, encode_state_v1
 from worker.http import HttpServer, Probes
-from worker.kafka import (
-    AtLeastOnceSink,
-    KafkaClientError,
-    KafkaSource,
-    StartupError,
-    TransactionalSink,
-    prepare_topics,
-    read_partitions,
-)
+from worker.kafka.clients import KafkaClientError, StartupError
+from worker.kafka.restore import read_latest
+from worker.kafka.sinks import AtLeastOnceSink, TransactionalSink
+from worker.kafka.source import KafkaSource
+from worker.kafka.topics import prepare_topics
 from worker.logs import held_back, last_message
 from worker.metrics import SessionCollector, WorkerMetrics
 from worker.runtime import OutputTopics, Runner
@@ -78,7 +74,7 @@ class Worker:
             self.sink,
             self.store,
             self.metrics,
-            lambda partitions: read_partitions(
+            lambda partitions: read_latest(
                 settings,
                 settings.changelog_topic_name,
                 partitions,

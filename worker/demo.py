@@ -21,7 +21,9 @@ from typing import Final
 import orjson
 
 from worker.app import Worker, install_signal_handlers
-from worker.kafka import EventProducer, KafkaClientError, StartupError, probe_broker
+from worker.kafka.clients import KafkaClientError, StartupError
+from worker.kafka.readers import EventProducer
+from worker.kafka.topics import probe_broker
 from worker.logs import TextFormatter, held_back
 from worker.settings import Settings
 from worker.traffic import SyntheticTraffic

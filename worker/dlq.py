@@ -15,20 +15,16 @@ from typing import Final, TextIO
 
 import orjson
 
-from worker.kafka import (
-    CONNECT_TIMEOUT_S,
-    EventProducer,
-    StartupError,
-    StoredRecord,
-    describe_layouts,
-    scan_topic,
-)
+from worker.kafka.clients import CONNECT_TIMEOUT_S, StartupError
+from worker.kafka.readers import EventProducer, StoredRecord, scan_topic
+from worker.kafka.topics import describe_layouts
 from worker.outbox import (
     DLQ_ERROR_HEADER,
     DLQ_OFFSET_HEADER,
     DLQ_PARTITION_HEADER,
     DLQ_REASON_HEADER,
     DLQ_TOPIC_HEADER,
+    DLQ_TRUNCATED_HEADER,
 )
 from worker.settings import Settings
 
@@ -79,6 +75,9 @@ class DeadLetter:
     error: str
     source: str
     """Where the record was first consumed: `topic partition:offset`."""
+    truncated: int | None = None
+    """The original value's size when the worker cut it to fit the DLQ (`dlq.truncated`):
+    such a letter is listed but never replayed, its value is not the record that came in."""
 
     @classmethod
     def of(cls, record: StoredRecord) -> DeadLetter:
@@ -92,6 +91,7 @@ class DeadLetter:
             headers.get(DLQ_REASON_HEADER, "unknown"),
             headers.get(DLQ_ERROR_HEADER, ""),
             source,
+            _size(headers.get(DLQ_TRUNCATED_HEADER)),
         )
 
     def original_headers(self) -> list[tuple[str, bytes]]:
@@ -131,11 +131,16 @@ def letter_json(letter: DeadLetter) -> bytes:
             "reason": letter.reason,
             "error": letter.error,
             "source": letter.source,
+            "truncated": letter.truncated,
             "key": _text(record.key),
             "value": _text(record.value),
             "headers": {n: _text(v) for n, v in letter.original_headers()},
         }
     )
+
+
+def _size(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def describe_letter(letter: DeadLetter) -> str:
@@ -144,6 +149,8 @@ def describe_letter(letter: DeadLetter) -> str:
     value = _text(record.value) or ""
     if len(value) > PREVIEW_CHARS:
         value = value[: PREVIEW_CHARS - 1] + "…"
+    if letter.truncated is not None:
+        value = f"(cut from {letter.truncated} bytes) {value}"
     return (
         f"{record.partition}:{record.offset}  {stamp}  {letter.reason}  key {_text(record.key)}  "
         f"(from {letter.source})\n    error: {letter.error}\n    value: {value}\n"
@@ -207,7 +214,15 @@ async def replay_dead_letters(
         raise ValueError("select dead letters with --reason, --offset or --all")
     topic = target or settings.input_topic
     letters = await load_dead_letters(settings, selection)
-    chosen = [letter for letter in letters if selection.matches(letter)]
+    selected = [letter for letter in letters if selection.matches(letter)]
+    chosen = [letter for letter in selected if letter.truncated is None]
+    for letter in selected:
+        if letter.truncated is not None:
+            record = letter.record
+            out.write(
+                f"skipped {record.partition}:{record.offset}: its value was cut from "
+                f"{letter.truncated} bytes to fit the DLQ, so it is not the original record\n"
+            )
     if dry_run:
         for letter in chosen:
             record = letter.record

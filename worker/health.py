@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from worker.rules import Rules
-from worker.state import NO_RATIO, SessionState, recent_failures, transcodes_start
+from worker.state import SessionState
 
 
 def silent_since(state: SessionState) -> int | None:
@@ -31,16 +31,8 @@ def is_active(state: SessionState, now_ms: int, rules: Rules) -> bool:
     )
 
 
-def _median(values: list[float]) -> float:
-    """statistics.median (same result), without its generic overhead: runs every tick."""
-    values.sort()
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-
-
 def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
-    start = transcodes_start(state)
-    typical_ms = _median(state.recent[1:start:2].tolist()) * 1000 if start else 0.0
+    typical_ms = state.durations.median_duration() * 1000
     return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
 
 
@@ -56,7 +48,7 @@ def _stall_issue(state: SessionState, silent_ms: int, rules: Rules) -> str | Non
 
 
 def _failure_issue(state: SessionState) -> str | None:
-    recent = recent_failures(state)
+    recent = state.recent_failures()
     if not recent:
         return None
     _, last_error = max(recent.values())
@@ -65,13 +57,9 @@ def _failure_issue(state: SessionState) -> str | None:
     return f"{count} {noun} failed to transcode in the last 10: {last_error}"
 
 
-def _slow_issue(ratios: list[float], rules: Rules) -> str | None:
-    if NO_RATIO in ratios:  # segments transcoded without a transcodeTime
-        ratios = [r for r in ratios if r != NO_RATIO]
-    if not ratios:
-        return None
-    mean_ratio = sum(ratios) / len(ratios)
-    if mean_ratio <= rules.slow_transcode_ratio:
+def _slow_issue(state: SessionState, rules: Rules) -> str | None:
+    mean_ratio = state.transcodes.mean_ratio()
+    if mean_ratio is None or mean_ratio <= rules.slow_transcode_ratio:
         return None
     return f"Transcoding is slower than real time ({mean_ratio:.2f}x segment duration)"
 
@@ -104,22 +92,11 @@ def _profile_names(profiles: list[dict[str, Any]]) -> frozenset[str]:
     return names
 
 
-def _missing_renditions_issue(
-    state: SessionState, recent_names: tuple[tuple[str, ...], ...]
-) -> str | None:
+def _missing_renditions_issue(state: SessionState) -> str | None:
     configured = state.meta.profiles
     if not configured:
         return None
-    expected = _profile_names(configured)
-    first = recent_names[0]
-    missing: frozenset[str] | set[str]
-    if recent_names.count(first) == len(recent_names):
-        # The usual case: every recent segment has the same (shared, so `is`-equal) names.
-        missing = expected.difference(first)
-    else:
-        missing = set()
-        for names in set(recent_names):
-            missing |= expected.difference(names)
+    missing = state.transcodes.missing(_profile_names(configured))
     if not missing:
         return None
     return f"Missing renditions in recent segments: {', '.join(sorted(missing))}"
@@ -145,16 +122,15 @@ def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str]
         issue = _failure_issue(state)
         if issue is not None:
             issues.append(issue)
-    if state.recent_names:  # one per recent transcode
-        issue = _slow_issue(state.recent[transcodes_start(state) + 1 :: 2].tolist(), rules)
+    if state.transcodes:
+        issue = _slow_issue(state, rules)
         if issue is not None:
             issues.append(issue)
     issue = _lag_issue(state, rules)
     if issue is not None:
         issues.append(issue)
-    recent_names = state.recent_names
-    if recent_names:
-        issue = _missing_renditions_issue(state, recent_names)
+    if state.transcodes:
+        issue = _missing_renditions_issue(state)
         if issue is not None:
             issues.append(issue)
     return issues

@@ -40,7 +40,9 @@ def render_snapshot(state: SessionState, now_ms: int, rules: Rules) -> Rendered:
     session = build_session(state, now_ms, rules)
     payload = encode_session(session)
     digest = hash(payload)
-    final = session["isHealthy"] is None and (not state.rates or is_inactive(state, now_ms, rules))
+    final = session["isHealthy"] is None and (
+        not state.has_rates() or is_inactive(state, now_ms, rules)
+    )
     if digest == state.published_hash:
         return Rendered(None, final)
     state.published_hash = digest

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from itertools import islice
 from operator import attrgetter
 from typing import Any, Final, Literal, get_args
 
@@ -93,15 +92,9 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     if state.last_seen is not None:
         session["lastSeen"] = state.last_seen
     window_ms = rules.rate_window_ms
-    start = now_ms - window_ms
     window_s = window_ms / 1000
-    # window_bytes (state.py) inlined: a list comprehension sums faster than a generator.
-    rates = state.rates
-    it = iter(rates)
-    pairs = zip(it, it, strict=True)  # the ingest entries, then the outgoing ones
-    ingest_entries = len(rates) // 2 - state.outgoing_entries
-    ingest = sum([size for ts, size in islice(pairs, ingest_entries) if start < ts <= now_ms])
-    outgoing = sum([size for ts, size in pairs if start < ts <= now_ms])
+    ingest = state.ingest.bytes_in(now_ms, window_ms)
+    outgoing = state.outgoing.bytes_in(now_ms, window_ms)
     if (ingest or outgoing) and is_inactive(state, now_ms, rules):
         ingest = outgoing = 0  # inactive shows 0 even with a window longer than the silence
     session["sourceSegments"] = state.source_segments

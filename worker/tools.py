@@ -2,8 +2,8 @@
 
 Each command is a coroutine returning a process exit code: 0 done, 1 done but something needs
 attention; it raises StartupError when it cannot run (unreachable broker, missing topic).
-Kafka access goes through worker.kafka; output goes to the streams passed in, so tests can
-capture it.
+Kafka access goes through worker.kafka (readers, topics); output goes to the streams passed
+in, so tests can capture it.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from worker.kafka import (
-    StoredRecord,
+from worker.kafka.readers import StoredRecord, TopicReader
+from worker.kafka.topics import (
     TopicLayout,
-    TopicReader,
     TopicSpec,
     create_topic_specs,
     describe_layouts,
-    worker_topics,
+    topic_specs,
 )
 from worker.session import Session
 from worker.settings import Settings
@@ -225,16 +224,7 @@ class TopicCheck:
 
 
 def planned_topics(settings: Settings, input_partitions: int) -> list[tuple[str, TopicSpec]]:
-    roles = {
-        settings.snapshot_topic: "snapshots",
-        settings.changelog_topic_name: "changelog",
-        settings.dlq_topic: "dlq",
-    }
-    return [
-        # Every event of a session has the same key: compaction would drop events.
-        ("input", TopicSpec(settings.input_topic, input_partitions, {"cleanup.policy": "delete"})),
-        *((roles[s.name], s) for s in worker_topics(settings, input_partitions)),
-    ]
+    return list(topic_specs(settings, input_partitions).items())
 
 
 def check_topic(

@@ -117,16 +117,17 @@ def collect(values: Iterable[bytes | None]) -> None:
 
 @contextmanager
 def collecting(path: Path) -> Iterator[Path]:
-    """Collect into `path` (truncated) while the block runs."""
-    global _sink  # noqa: PLW0603 (one sink per test run, set by the session fixture)
+    """Collect into `path` (truncated) while the block runs. Nests: the checker's own tests
+    collect inside the run-wide collection, which resumes (with what it had seen) after."""
+    global _sink, _seen  # one collection at a time; the session fixture holds the outermost
     path.parent.mkdir(parents=True, exist_ok=True)
+    outer = _sink, _seen
     with path.open("wb") as sink:
-        _sink = sink
+        _sink, _seen = sink, set()
         try:
             yield path
         finally:
-            _sink = None
-            _seen.clear()
+            _sink, _seen = outer
 
 
 def verify_collected(path: Path) -> tuple[int, str | None]:

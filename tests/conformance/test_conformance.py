@@ -140,10 +140,13 @@ def test_a_bad_snapshot_collected_during_a_run_fails_the_end_of_run_check(
 ) -> None:
     path = tmp_path / "collected.ndjson"
     bad = snapshot(record=True, recordingStatus="deleted")
-    with collecting(path):
-        collect([snapshot(), None, bad, bad, snapshot()])  # tombstones skipped, repeats once
-    collect([bad])  # outside a run: ignored
+    outer = tmp_path / "outer.ndjson"
+    with collecting(outer):
+        with collecting(path):
+            collect([snapshot(), None, bad, bad, snapshot()])  # tombstones skipped, repeats once
+        collect([snapshot(name="after")])  # the outer collection resumes, the bad stays inner
     assert path.read_bytes().count(b"\n") == 2
+    assert verify_collected(outer) == (1, None)
     checked, verdict = verify_collected(path)
     assert checked == 2
     assert verdict is not None

@@ -7,6 +7,7 @@ from typing import Any, Final
 import pytest
 
 from tests.deploy.support import Manifests, Obj, container_env, settings_from_env
+from worker.kafka.topics import TOPIC_SETTINGS, topic_config, topic_specs
 from worker.settings import Settings
 
 DAY_MS: Final = 86_400_000
@@ -37,6 +38,20 @@ def test_topics_are_the_ones_the_worker_uses(
         settings.dlq_topic,
     }
     assert set(_topics(topics)) == expected
+
+
+def test_topics_carry_exactly_the_settings_the_worker_creates_them_with(
+    topics: Manifests, overlay: Manifests, clean_worker_env: pytest.MonkeyPatch
+) -> None:
+    """One source of truth: worker/kafka/topics.py's table, which the worker (with
+    WORKER_CREATE_TOPICS) and `topics create` use too."""
+    settings = _settings(overlay, clean_worker_env)
+    by_name = _topics(topics)
+    specs = topic_specs(settings, 1)
+    assert set(specs) == set(TOPIC_SETTINGS)
+    for role, spec in specs.items():
+        resource = by_name[spec.name]
+        assert _config(resource) == topic_config(role, resource["replicas"]), role
 
 
 def test_every_resource_names_its_cluster(topics: Manifests) -> None:

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.helpers import Record, Topics, create_topic, produce
-from worker.kafka import KafkaSource
+from worker.kafka.source import KafkaSource
 from worker.outbox import InputRecord
 from worker.settings import Settings
 

@@ -36,7 +36,7 @@ from tests.integration.helpers import (
     produce,
     wait_for,
 )
-from worker.kafka import client_options
+from worker.kafka.clients import client_options
 from worker.settings import Settings
 from worker.traffic import SyntheticTraffic
 

@@ -9,7 +9,8 @@ import pytest
 
 from tests.integration.conftest import StartWorker
 from tests.integration.helpers import Topics, create_topic
-from worker.kafka import prepare_topics, read_partitions
+from worker.kafka.restore import read_latest
+from worker.kafka.topics import prepare_topics
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -60,5 +61,5 @@ async def test_topics_the_worker_creates_are_served_before_the_restore_reads_the
         )
         with caplog.at_level(logging.WARNING, logger="aiokafka"):
             partitions = await prepare_topics(settings)
-            await read_partitions(settings, topics.changelog, list(range(partitions)))
+            await read_latest(settings, topics.changelog, list(range(partitions)))
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []

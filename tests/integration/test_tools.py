@@ -396,6 +396,27 @@ async def test_dlq_replay_after_a_fix_reaches_the_snapshot(
     assert len(await read_all(topics.bootstrap, topics.dlq)) == len(events), "no new letters"
 
 
+async def test_dlq_replay_skips_letters_cut_to_fit(topics: Topics) -> None:
+    """A truncated letter's value is not the record that came in: listed, never replayed."""
+    assert (await run_tool(topics, "topics", "create", "--topic-partitions", "1")).code == 0
+    events = session_events("cut-1", 1)
+    (key, value, _), *_ = event_records(events)
+    assert value is not None
+    cut = [("dlq.reason", b"invalid_json"), ("dlq.truncated", b"2000000")]
+    whole = [("dlq.reason", b"invalid_json")]
+    await produce(topics.bootstrap, topics.dlq, [(key, value[:20], cut), (key, value, whole)])
+
+    listed = await run_tool(topics, "dlq", "inspect", "--json")
+    assert [orjson.loads(line)["truncated"] for line in listed.out.splitlines()] == [2000000, None]
+    pretty = await run_tool(topics, "dlq", "inspect")
+    assert "(cut from 2000000 bytes)" in pretty.out
+    done = await run_tool(topics, "dlq", "replay", "--all")
+    assert done.code == 0, done
+    assert "skipped 0:0: its value was cut from 2000000 bytes" in done.out
+    assert "replayed 1 of 2 dead letters" in done.out
+    assert [r.value for r in await read_all(topics.bootstrap, topics.input)] == [value]
+
+
 async def test_dlq_offsets_in_a_partition_that_does_not_exist_are_an_error(
     topics: Topics,
 ) -> None:

@@ -35,6 +35,7 @@ from tests.unit.builders import (
 )
 from tests.unit.test_session_reference import RULES, varied_states
 from worker.changelog import (
+    COLUMNS,
     FORMAT_VERSION,
     ChangelogEntry,
     ChangelogFormatError,
@@ -42,19 +43,12 @@ from worker.changelog import (
     encode_state,
     encode_state_v1,
 )
+from worker.parts.masks import RenditionMasks
 from worker.profiles import is_recording_spec
 from worker.session import Session, build_session, encode_session
 from worker.state import (
     SessionState,
-    failure_items,
-    ingest_window,
-    meta_items,
     new_session,
-    outgoing_window,
-    recent_duration_items,
-    recent_transcode_items,
-    rendition_mask_items,
-    window_entries,
 )
 from worker.store import SessionStore
 
@@ -83,14 +77,14 @@ def encode_v1(state: SessionState, evicted_at: int | None, source_offset: int | 
             "source": [state.source_hwm, format(state.source_mask, "x")],
             "transcoded": [
                 state.transcoded_hwm,
-                {name: format(mask, "x") for name, mask in rendition_mask_items(state).items()},
+                {name: format(mask, "x") for name, mask in state.rendition_masks.items().items()},
             ],
-            "ingestWindow": window_entries(ingest_window(state)),
-            "outgoingWindow": window_entries(outgoing_window(state)),
-            "recentDurations": list(recent_duration_items(state).items()),
-            "recentTranscodes": [[s, r, n] for s, (r, n) in recent_transcode_items(state).items()],
-            "failures": [[s, ts, err] for s, (ts, err) in failure_items(state).items()],
-            "meta": meta_items(state),
+            "ingestWindow": state.ingest.items(),
+            "outgoingWindow": state.outgoing.items(),
+            "recentDurations": list(state.durations.items().items()),
+            "recentTranscodes": [[s, r, n] for s, (r, n) in state.transcodes.items().items()],
+            "failures": [[s, ts, err] for s, (ts, err) in state.failures.items().items()],
+            "meta": state.meta.items(),
             "recording": state.recording,
             "endedAt": state.ended_at,
             "timedOut": state.timed_out,
@@ -148,9 +142,9 @@ def test_round_trip_equals_the_original_state(encode: Encoder) -> None:
     assert state.failures
     assert state.meta
     assert state.recording
-    assert ingest_window(state)
-    assert len(rendition_mask_items(state)) == 3
-    assert any(r is not None for r, _ in recent_transcode_items(state).values())
+    assert state.ingest
+    assert len(state.rendition_masks.items()) == 3
+    assert any(r is not None for r, _ in state.transcodes.items().values())
     entry = round_trip(state, encode=encode)
     assert entry.state == state
     assert (entry.evicted_at, entry.source_offset) == (None, 41)
@@ -173,7 +167,7 @@ def test_round_trip_of_a_new_session(encode: Encoder) -> None:
 
 def shared_values(state: SessionState) -> list[int]:
     """Identities of the values the fold shares between sessions."""
-    names = [id(names) for names in state.recent_names]
+    names = [id(names) for names in state.transcodes.names()]
     ladders = [id(v) for v in (state.meta.profiles, state.meta.recording_spec) if v is not None]
     return names + ladders
 
@@ -196,11 +190,13 @@ def full_masks_state() -> SessionState:
     state = rich_state()
     state.source_hwm, state.transcoded_hwm = 5_000, 4_999
     state.source_mask = (1 << 1024) - 1
-    state.rendition_masks = (
-        *("720p", (1 << 1024) - 1 - (1 << 3) - (1 << 1_000)),
-        *("480p", (1 << 1024) - 1),
-        *("360p", 1 << 1_023),
-        *("240p", 1),
+    state.rendition_masks = RenditionMasks.of(
+        {
+            "720p": (1 << 1024) - 1 - (1 << 3) - (1 << 1_000),
+            "480p": (1 << 1024) - 1,
+            "360p": 1 << 1_023,
+            "240p": 1,
+        }
     )
     return state
 
@@ -544,3 +540,18 @@ def test_frozen_records_decode_into_the_same_state() -> None:
             assert digest == record["sessions_sha256"]
             pinned += 1
     assert pinned >= 20, "the frozen records still pin the published bytes"
+
+
+def test_columns_name_every_state_field_once_and_groups_in_index_order() -> None:
+    """The one table both formats are generated from: every field of the state but the
+    runtime ones is a column, and the columns of a format 1 group come in index order."""
+    names = [column.name for column in COLUMNS]
+    runtime = {"partition", "published_hash", "exported"}
+    state_fields = {f.name for f in dataclasses.fields(SessionState)} - runtime
+    assert sorted(names) == sorted(state_fields | {"source_offset", "evicted_at"})
+    groups: dict[str, list[int]] = {}
+    for column in COLUMNS:
+        key, _, index = column.v1.partition(".")
+        if index:
+            groups.setdefault(key, []).append(int(index))
+    assert groups == {"totals": list(range(7)), "source": [0, 1], "transcoded": [0, 1]}

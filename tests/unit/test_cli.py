@@ -21,7 +21,8 @@ from worker.__main__ import main
 from worker.cli import build_parser
 from worker.demo import broker_env, local_port
 from worker.dlq import DeadLetter, OffsetRange, Selection, letter_json, parse_offset_range
-from worker.kafka import StoredRecord, TopicLayout, TopicSpec
+from worker.kafka.readers import StoredRecord
+from worker.kafka.topics import TopicLayout, TopicSpec, topic_config
 from worker.replay import replay_file
 from worker.settings import Settings
 from worker.tools import SnapshotPrinter, TailOptions, check_topic, planned_topics
@@ -416,8 +417,10 @@ def test_topic_plan_compacts_snapshots_and_changelog_with_input_partitions() -> 
     assert {spec.partitions for spec in plan.values()} == {12}
     assert plan["snapshots"].config["cleanup.policy"] == "compact"
     assert plan["changelog"].config["cleanup.policy"] == "compact"
-    assert plan["input"].config == {"cleanup.policy": "delete"}
+    assert plan["input"].config["cleanup.policy"] == "delete"
     assert plan["dlq"].config["cleanup.policy"] == "delete"
+    for role, spec in plan.items():  # the one table the worker creates its topics from too
+        assert spec.config == topic_config(role, settings.replication_factor), role
 
 
 def test_existing_topics_are_checked_not_altered() -> None:

@@ -1,10 +1,19 @@
-"""Pacing of failed metadata updates (pure: a fake client and a recording sleep)."""
+"""Pacing of failed metadata updates (pure: a fake client and a recording sleep), and how
+a client that cannot start is reported."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.kafka import METADATA_BACKOFF_MAX_S, RETRY_BACKOFF_MS, backoff_s, pace_metadata_updates
+from worker.kafka.clients import (
+    CONNECT_TIMEOUT_S,
+    METADATA_BACKOFF_MAX_S,
+    RETRY_BACKOFF_MS,
+    KafkaClientError,
+    backoff_s,
+    pace_metadata_updates,
+    start_failure,
+)
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
@@ -36,3 +45,13 @@ async def test_failed_updates_wait_longer_each_time_and_a_success_resets_the_wai
     base = RETRY_BACKOFF_MS / 1000
     assert slept == [base, 2 * base, 4 * base, METADATA_BACKOFF_MAX_S, 0.0, base]
     assert client.calls == 6
+
+
+def test_a_start_that_timed_out_says_so() -> None:
+    """A TimeoutError prints as nothing: the message names the wait instead of ending in ': '."""
+    assert str(start_failure("consumer", TimeoutError())) == (
+        f"cannot start consumer: no answer within {CONNECT_TIMEOUT_S:.0f}s"
+    )
+    assert str(start_failure("producer", OSError("refused"))) == "cannot start producer: refused"
+    assert str(start_failure("producer", KafkaClientError())).startswith("cannot start producer: ")
+    assert not str(start_failure("producer", KafkaClientError())).endswith(": ")

@@ -31,7 +31,7 @@ from tests.unit.builders import (
 )
 from worker.rules import Rules
 from worker.session import Session, encode_session
-from worker.state import SessionState, ingest_window, outgoing_window, window_entries
+from worker.state import SessionState
 from worker.store import SessionStore
 
 SPEC_EXAMPLE: Json = {
@@ -379,8 +379,8 @@ def test_rates_decay_to_exactly_zero_after_the_stream_stops() -> None:
     assert rates[0] == (500, 500_000.0)
     assert rates[-1] == (10_500, 0.0)
     assert [r for _, r in rates] == sorted((r for _, r in rates), reverse=True)
-    assert window_entries(ingest_window(store.live[SID])) == []
-    assert window_entries(outgoing_window(store.live[SID])) == []
+    assert store.live[SID].ingest.items() == []
+    assert store.live[SID].outgoing.items() == []
     # From here on nothing visible changes (rates 0, the stall issue's text stays): no snapshot.
     assert store.tick(last + 30_000).snapshots == []
     assert (rates[-1][1], last_published[-1]["isHealthy"]) == (0.0, False)

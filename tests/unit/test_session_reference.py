@@ -28,19 +28,10 @@ from tests.unit.builders import (
     started,
     transcoded,
 )
+from worker.parts.rates import RateWindow
 from worker.rules import Rules
 from worker.session import build_session, encode_session
-from worker.state import (
-    MICROS,
-    SessionState,
-    ingest_window,
-    meta_items,
-    outgoing_window,
-    recent_duration_items,
-    recent_failures,
-    recent_transcode_items,
-    window_bytes,
-)
+from worker.state import MICROS, SessionState
 
 # ----------------------------------------------------------------- the frozen reference
 
@@ -52,7 +43,7 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
         return None
     found: list[str | None] = []
     reference = state.last_seen if state.last_seen is not None else state.first_segment_at
-    durations = sorted(recent_duration_items(state).values())
+    durations = sorted(state.durations.items().values())
     middle = len(durations) // 2
     median = (
         0.0
@@ -65,23 +56,23 @@ def _reference_issues(state: SessionState, now_ms: int, rules: Rules) -> list[st
     silent_ms = now_ms - reference
     if silent_ms > threshold:
         found.append(f"No source segments received for over {threshold / 1000:g}s")
-    recent = recent_failures(state)
+    recent = state.recent_failures()
     if recent:
         _, last_error = max(recent.values())
         noun = "segment" if len(recent) == 1 else "segments"
         found.append(f"{len(recent)} {noun} failed to transcode in the last 10: {last_error}")
-    ratios = [r for r, _ in recent_transcode_items(state).values() if r is not None]
+    ratios = [r for r, _ in state.transcodes.items().values() if r is not None]
     if ratios and sum(ratios) / len(ratios) > rules.slow_transcode_ratio:
         mean = sum(ratios) / len(ratios)
         found.append(f"Transcoding is slower than real time ({mean:.2f}x segment duration)")
     behind = state.source_hwm - state.transcoded_hwm
     if state.source_hwm >= 0 and behind > rules.max_transcode_lag_segments:
         found.append(f"Transcoding is {behind} segments behind ingest")
-    configured = meta_items(state).get("profiles")
-    if configured is not None and configured[1] and recent_transcode_items(state):
+    configured = state.meta.items().get("profiles")
+    if configured is not None and configured[1] and state.transcodes.items():
         expected = {p["name"] for p in configured[1]}
         missing: set[str] = set()
-        for _, names in recent_transcode_items(state).values():
+        for _, names in state.transcodes.items().values():
             missing |= expected.difference(names)
         if missing:
             found.append(f"Missing renditions in recent segments: {', '.join(sorted(missing))}")
@@ -100,13 +91,19 @@ _OPTIONAL_META = (
 )
 
 
+def _window_bytes(window: RateWindow, now_ms: int, window_ms: int) -> int:
+    """Bytes of the entries in (now - window, now], re-summed (the window keeps a running
+    sum: this checks it)."""
+    return sum(size for ts, size in window.items() if now_ms - window_ms < ts <= now_ms)
+
+
 def _inactive(state: SessionState, now_ms: int, rules: Rules) -> bool:
     reference = state.last_seen if state.last_seen is not None else state.first_segment_at
     return reference is not None and now_ms - reference > rules.inactive_after_ms
 
 
 def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, Any]:
-    name = meta_items(state).get("name")
+    name = state.meta.items().get("name")
     window_s = rules.rate_window_ms / 1000
     issues = _reference_issues(state, now_ms, rules)
     session: dict[str, Any] = {
@@ -124,20 +121,20 @@ def reference_session(state: SessionState, now_ms: int, rules: Rules) -> dict[st
         transcodedBytes=state.transcoded_bytes,
         ingestRate=0.0
         if _inactive(state, now_ms, rules)
-        else window_bytes(ingest_window(state), now_ms, rules.rate_window_ms) / window_s,
+        else _window_bytes(state.ingest, now_ms, rules.rate_window_ms) / window_s,
         outgoingRate=0.0
         if _inactive(state, now_ms, rules)
-        else window_bytes(outgoing_window(state), now_ms, rules.rate_window_ms) / window_s,
+        else _window_bytes(state.outgoing, now_ms, rules.rate_window_ms) / window_s,
         isHealthy=None if issues is None else not issues,
     )
     if issues is not None:
         session["issues"] = issues
     session["createdAt"] = state.created_at
     for json_name, meta_name in _OPTIONAL_META:
-        value = meta_items(state).get(meta_name)
+        value = state.meta.items().get(meta_name)
         if value is not None:
             session[json_name] = value[1]
-    record = meta_items(state).get("record")
+    record = state.meta.items().get("record")
     if record is not None and record[1] is True:
         status = "waiting"
         if state.recording is not None:
@@ -255,7 +252,7 @@ def test_published_bytes_equal_the_reference(rules: Rules) -> None:
         for now in (newest, newest + 700, newest + 6_500, newest + 11_000, newest + 95_000, T0):
             expected = reference_session(state, now, rules)
             assert encode_session(build_session(state, now, rules)) == encode_session(expected)
-            window = window_bytes(ingest_window(state), now, rules.rate_window_ms)
+            window = _window_bytes(state.ingest, now, rules.rate_window_ms)
             zeroed += bool(window and _inactive(state, now, rules))
             kinds.update(" ".join(issue.split()[:3]) for issue in expected.get("issues", ()))
     # Guard: the generator reaches every rule.

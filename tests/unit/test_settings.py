@@ -16,7 +16,7 @@ import worker.__main__ as worker_main
 from tests.certs import TlsFiles, write_tls_files
 from worker import cli
 from worker.cli import SettingsError, build_parser, load_settings
-from worker.kafka import StartupError, client_options
+from worker.kafka.clients import StartupError, client_options
 from worker.settings import SaslMechanism, SecurityProtocol, Settings
 
 PASSWORD = "s3cret-Password-x"

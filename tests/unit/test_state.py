@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from array import array
 
 import orjson
 import pytest
@@ -35,17 +34,8 @@ from worker.events import MAX_JSON_INT
 from worker.rules import DEDUPE_WINDOW, MAX_RATE_ENTRIES, RECENT_SEGMENTS, Rules
 from worker.state import (
     expire_windows,
-    failure_items,
     fold,
-    ingest_window,
-    meta_items,
     new_session,
-    outgoing_window,
-    recent_duration_items,
-    recent_transcode_items,
-    rendition_mask_items,
-    window_bytes,
-    window_entries,
 )
 from worker.store import SessionStore
 
@@ -134,21 +124,21 @@ def test_transcoded_before_its_ingested() -> None:
 def test_failure_does_not_count_and_a_later_success_does() -> None:
     state = fold_bodies([ingested(0), failed(0)])
     assert totals(state) == Totals(1, 0, 2.0, 0.0, 1_000_000, 0, seg_ts(0), seg_ts(0))
-    assert failure_items(state) == {0: (seg_ts(0) + 400, "GPU ran out of memory")}
+    assert state.failures.items() == {0: (seg_ts(0) + 400, "GPU ran out of memory")}
     fold_bodies([transcoded(0, seg_ts(0) + 900)], state)
     assert totals(state) == Totals(1, 3, 2.0, 6.0, 1_000_000, 750_000, seg_ts(0), seg_ts(0))
-    assert failure_items(state) == {}
+    assert state.failures.items() == {}
 
 
 def test_failure_after_a_success_is_history() -> None:
     state = fold_bodies([ingested(0), transcoded(0), failed(0, seg_ts(0) + 900)])
-    assert failure_items(state) == {}
+    assert state.failures.items() == {}
     assert state.transcoded_segments == 3
 
 
 def test_newest_failure_of_a_seq_no_is_kept() -> None:
     state = fold_bodies([failed(0, T0 + 2, error="second"), failed(0, T0 + 1, error="first")])
-    assert failure_items(state) == {0: (T0 + 2, "second")}
+    assert state.failures.items() == {0: (T0 + 2, "second")}
 
 
 def test_retry_adds_only_the_missing_renditions() -> None:
@@ -161,16 +151,16 @@ def test_retry_adds_only_the_missing_renditions() -> None:
     )
     assert (state.transcoded_segments, state.transcoded_bytes) == (3, 750_000)
     assert state.transcoded_duration_us == 6_000_000
-    assert recent_transcode_items(state)[0] == (None, ("360p", "480p", "720p"))
+    assert state.transcodes.items()[0] == (None, ("360p", "480p", "720p"))
 
 
 def test_rendition_names_are_remembered_sorted_whatever_their_order() -> None:
     ladder = {"720p": 1, "480p": 1, "360p": 1}
     first = fold_bodies([transcoded(0, renditions=ladder)])
     other = fold_bodies([transcoded(0, renditions=dict(reversed(ladder.items())), sid="s2")])
-    assert recent_transcode_items(first)[0] == (None, ("360p", "480p", "720p"))
+    assert first.transcodes.items()[0] == (None, ("360p", "480p", "720p"))
     # One tuple shared by every session with that ladder, whatever the order in the event.
-    assert recent_transcode_items(other)[0][1] is recent_transcode_items(first)[0][1]
+    assert other.transcodes.items()[0][1] is first.transcodes.items()[0][1]
 
 
 def test_recent_entries_behave_like_the_dicts_they_pack() -> None:
@@ -205,22 +195,22 @@ def test_recent_entries_behave_like_the_dicts_they_pack() -> None:
                 transcodes[seq_no] = (ratio, names)
                 for old in sorted(transcodes)[: max(0, len(transcodes) - RECENT_SEGMENTS)]:
                     del transcodes[old]
-            assert list(recent_duration_items(state).items()) == list(durations.items())
-            assert list(recent_transcode_items(state).items()) == list(transcodes.items())
+            assert list(state.durations.items().items()) == list(durations.items())
+            assert list(state.transcodes.items().items()) == list(transcodes.items())
 
 
 def test_a_repeated_transcode_keeps_its_names_and_ratio() -> None:
     state = fold_bodies([transcoded(0, transcode_time=1.0)])
     fold_bodies([transcoded(0, seg_ts(0) + 900)], state)  # same names, no transcodeTime
-    assert recent_transcode_items(state)[0] == (0.5, ("360p", "480p", "720p"))
+    assert state.transcodes.items()[0] == (0.5, ("360p", "480p", "720p"))
 
 
 def test_sessions_with_the_same_recent_renditions_share_one_names_tuple() -> None:
     first, second = fold_bodies(segments(3)), fold_bodies(segments(3))
-    assert len(first.recent_names) == 3
-    assert first.recent_names is second.recent_names
+    assert len(first.transcodes.names()) == 3
+    assert first.transcodes.names() is second.transcodes.names()
     mixed = fold_bodies([*segments(2), transcoded(2, renditions={"240p": 1})])
-    assert mixed.recent_names[-1] == ("240p",), "a run of different names is not shared"
+    assert mixed.transcodes.names()[-1] == ("240p",), "a run of different names is not shared"
 
 
 def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,22 +219,22 @@ def test_the_rendition_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
         [transcoded(n, renditions={f"r{n}": 1, f"q{n}": 1, "a": 1}) for n in range(5)]
     )
     assert len(state_module._names_by_arrival) <= 2
-    assert [names for _, names in recent_transcode_items(state).values()] == [
+    assert [names for _, names in state.transcodes.items().values()] == [
         ("a", f"q{n}", f"r{n}") for n in range(5)
     ]
 
 
 def test_old_failures_are_pruned_as_newer_segments_arrive() -> None:
     state = fold_bodies([failed(0), failed(8), ingested(9)])
-    assert set(failure_items(state)) == {0, 8}  # both among the newest RECENT_SEGMENTS seqNos
+    assert set(state.failures.items()) == {0, 8}  # both among the newest RECENT_SEGMENTS seqNos
     fold_bodies([ingested(15)], state)
-    assert set(failure_items(state)) == {8}
+    assert set(state.failures.items()) == {8}
 
 
 def test_profile_ladders_keep_only_the_fields_present() -> None:
     ladder = [profile("720p", fpsDen=1, gop="2.0"), profile("360p", quality=20)]
     state = fold_bodies([started(profiles=ladder)])
-    assert meta_items(state)["profiles"] == (T0, ladder)
+    assert state.meta.items()["profiles"] == (T0, ladder)
 
 
 def test_totals_never_decrease() -> None:
@@ -292,7 +282,7 @@ def test_a_huge_seq_no_jump_is_cheap_and_counted() -> None:
     )
     assert (state.source_segments, state.transcoded_segments) == (2, 6)
     assert state.source_mask == 1
-    assert set(rendition_mask_items(state).values()) == {1}
+    assert set(state.rendition_masks.items().values()) == {1}
     assert state.source_hwm == state.transcoded_hwm == MAX_JSON_INT
     assert len(encode_state(state, None, None)) < 4096
 
@@ -484,33 +474,21 @@ def test_session_ended_keeps_the_earliest_end() -> None:
 # -------------------------------------------------------------------------- rate windows
 
 
-def test_window_bytes_counts_the_half_open_interval() -> None:
-    entries = [(1_000, 1), (5_000, 10), (10_999, 100), (11_000, 1_000), (11_001, 10_000)]
-    window = array("q", [x for entry in entries for x in entry])
-    # (now - 10000, now] with now = 11000: 1000 is out, 11000 is in, 11001 (future) is out.
-    assert window_bytes(window, 11_000, 10_000) == 1_110
-    assert window_bytes(window, 10_999, 10_000) == 111  # (999, 10999]: 1000 is in
-    assert window_bytes(window, 14_999, 10_000) == 11_110
-    assert window_bytes(window, 15_000, 10_000) == 11_100  # 5000 just left
-    assert window_bytes(window, 21_001, 10_000) == 0
-    assert window_bytes(array("q"), 15_000, 10_000) == 0
-
-
 def test_expire_windows_drops_only_entries_that_can_never_count_again() -> None:
     state = fold_bodies([ingested(n, T0 + n * 1000) for n in range(5)])
     expire_windows(state, T0 + 12_000, 10_000)  # window start T0 + 2000 is excluded
-    assert window_entries(ingest_window(state)) == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
+    assert state.ingest.items() == [(T0 + 3000, 1_000_000), (T0 + 4000, 1_000_000)]
     assert state.source_bytes == 5_000_000
 
 
 def test_rate_windows_are_capped() -> None:
     state = fold_bodies([ingested(n, T0 + n) for n in range(MAX_RATE_ENTRIES + 50)])
-    assert len(window_entries(ingest_window(state))) == MAX_RATE_ENTRIES
-    assert window_entries(ingest_window(state))[0] == (
+    assert len(state.ingest.items()) == MAX_RATE_ENTRIES
+    assert state.ingest.items()[0] == (
         T0 + 50,
         1_000_000,
     )  # the oldest were dropped
-    assert window_entries(ingest_window(state))[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
+    assert state.ingest.items()[-1] == (T0 + MAX_RATE_ENTRIES + 49, 1_000_000)
 
 
 # ------------------------------------------------------------------------- memory bound
@@ -544,24 +522,24 @@ def test_folding_100k_segments_of_one_session_stays_bounded() -> None:
         if seq_no % 500 == 0:
             store.tick(at + 700)  # the runner ticks every second; often enough here
             largest_record = max(largest_record, len(encode_state(state, None, seq_no)))
-        assert len(window_entries(ingest_window(state))) <= MAX_RATE_ENTRIES
-        assert len(window_entries(outgoing_window(state))) <= MAX_RATE_ENTRIES
+        assert len(state.ingest.items()) <= MAX_RATE_ENTRIES
+        assert len(state.outgoing.items()) <= MAX_RATE_ENTRIES
     store.tick(seg_ts(SEGMENTS_100K - 1) + 700)
 
     failed_unretried = len([s for s in range(0, SEGMENTS_100K, 997) if s % 2 == 1])
     assert state.source_segments == SEGMENTS_100K
     assert state.transcoded_segments == 3 * (SEGMENTS_100K - failed_unretried)
     assert state.source_bytes == SEGMENTS_100K * 1_000_000
-    assert len(recent_duration_items(state)) == RECENT_SEGMENTS
-    assert len(recent_transcode_items(state)) == RECENT_SEGMENTS
-    assert len(failure_items(state)) <= RECENT_SEGMENTS
-    masks = rendition_mask_items(state)
+    assert len(state.durations.items()) == RECENT_SEGMENTS
+    assert len(state.transcodes.items()) == RECENT_SEGMENTS
+    assert len(state.failures.items()) <= RECENT_SEGMENTS
+    masks = state.rendition_masks.items()
     assert set(masks) == {"720p", "480p", "360p"}
     assert all(m.bit_length() <= DEDUPE_WINDOW for m in masks.values())
     assert state.source_mask.bit_length() <= DEDUPE_WINDOW
-    assert len(window_entries(ingest_window(state))) <= 6  # 10 s of 2 s segments
-    assert len(window_entries(outgoing_window(state))) <= 6
-    assert set(meta_items(state)) == {"name", "record", "profiles"}
+    assert len(state.ingest.items()) <= 6  # 10 s of 2 s segments
+    assert len(state.outgoing.items()) <= 6
+    assert set(state.meta.items()) == {"name", "record", "profiles"}
     largest_record = max(largest_record, len(encode_state(state, None, SEGMENTS_100K)))
     assert largest_record < CHANGELOG_BOUND
     assert len(orjson.dumps(render(state, seg_ts(SEGMENTS_100K)))) < 2048
@@ -575,6 +553,6 @@ def test_a_flood_without_ticks_is_still_bounded() -> None:
         update = {"seq_no": seq_no, "timestamp": T0 + seq_no}
         fold(state, ingested_template.model_copy(update=update))
         fold(state, transcoded_template.model_copy(update=update))
-    assert len(window_entries(ingest_window(state))) == MAX_RATE_ENTRIES
-    assert len(window_entries(outgoing_window(state))) == MAX_RATE_ENTRIES
+    assert len(state.ingest.items()) == MAX_RATE_ENTRIES
+    assert len(state.outgoing.items()) == MAX_RATE_ENTRIES
     assert len(encode_state(state, None, 0)) < FLOOD_CHANGELOG_BOUND

@@ -58,8 +58,8 @@ class OutputTopics:
     dead_letters: str
 
 
-ChangelogRecords = dict[int, list[tuple[bytes | None, bytes | None]]]
-"""Per partition, its changelog records (key, value) in offset order."""
+ChangelogRecords = dict[int, dict[bytes, bytes]]
+"""The latest changelog value of each live session key, per partition (tombstoned keys absent)."""
 ChangelogReader = Callable[[Sequence[int]], Awaitable[ChangelogRecords]]
 """Reads the changelog of some partitions (the restore's only input)."""
 ChangelogEncoder = Callable[[SessionState, int | None, int | None], bytes]

@@ -5,7 +5,7 @@ partition from the changelog (the latest value of each key)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.changelog import ChangelogFormatError, decode_state
@@ -26,18 +26,6 @@ class Parked:
 
     committed: int | None
     sessions: PartitionSessions
-
-
-def latest_per_key(
-    entries: Iterable[tuple[bytes | None, bytes | None]],
-) -> dict[bytes, bytes | None]:
-    """The last value of each key, in offset order (None: a tombstone); keyless records are
-    skipped. A reader that already keeps only the latest value per key passes its dict."""
-    latest: dict[bytes, bytes | None] = {}
-    for key, value in entries:
-        if key is not None:
-            latest[key] = value
-    return latest
 
 
 class Recovery:
@@ -102,17 +90,14 @@ class Recovery:
             return 0
         by_partition = await self.read_changelog(partitions)
         count = sum(
-            self._restore_partition(partition, latest_per_key(entries))
-            for partition, entries in by_partition.items()
+            self._restore_partition(partition, latest) for partition, latest in by_partition.items()
         )
         self.metrics.restored_sessions.inc(count)
         return count
 
-    def _restore_partition(self, partition: int, latest: Mapping[bytes, bytes | None]) -> int:
+    def _restore_partition(self, partition: int, latest: Mapping[bytes, bytes]) -> int:
         count, newest = 0, -1
         for key, value in latest.items():
-            if value is None:
-                continue
             try:
                 entry = decode_state(value, partition)
             except ChangelogFormatError as error:

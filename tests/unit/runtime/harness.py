@@ -59,7 +59,7 @@ def make_runner(
     async def read_changelog(partitions: Sequence[int]) -> ChangelogRecords:
         assert not box[0].ready, "readiness must drop while restoring"
         reads.append(list(partitions))
-        return {p: (changelog or {}).get(p, []) for p in partitions}
+        return {p: (changelog or {}).get(p, {}) for p in partitions}
 
     runner = Runner(
         source,

@@ -12,6 +12,7 @@ from tests.fakes import FakeClock, FakeRecord, FakeSink, FakeSource
 from tests.unit.builders import SID, T0, ended, fold_bodies, ingested, started
 from tests.unit.runtime.harness import make_runner, record, records_of, wait_for
 from worker.changelog import decode_state, encode_state
+from worker.kafka.restore import keep_latest
 from worker.metrics import SessionCollector
 from worker.outbox import CheckpointError, InputRecord
 from worker.rules import Rules
@@ -88,13 +89,11 @@ async def test_assignment_restores_latest_changelog_state_and_skips_tombstones()
     await first.checkpoint()
     kept = first.store.get("kept")
     assert kept is not None
-    changelog: ChangelogRecords = {
-        3: [
-            (b"kept", encode_state(kept, None, 2)),
-            (b"gone", b"stale"),
-            (b"gone", None),
-        ]
-    }
+    latest: dict[bytes, bytes] = {}
+    keep_latest(
+        latest, [(b"kept", encode_state(kept, None, 2)), (b"gone", b"stale"), (b"gone", None)]
+    )
+    changelog: ChangelogRecords = {3: latest}
     second = make_runner(FakeSink(), changelog).runner
     await second.on_assigned([3])
     assert second.ready
@@ -214,7 +213,7 @@ async def test_a_partition_given_back_unchanged_keeps_its_sessions_without_a_res
 async def test_a_partition_committed_by_another_member_meanwhile_is_restored() -> None:
     # Another member owned partition 0 for a while: it folded seqNo 1 and committed.
     newer = fold_bodies([ingested(0), ingested(1)])
-    h = make_runner(changelog={0: [(SID.encode(), encode_state(newer, None, 2))]})
+    h = make_runner(changelog={0: {SID.encode(): encode_state(newer, None, 2)}})
     runner = h.runner
     await runner.on_assigned([0])
     runner.fold([record(0, 0, ingested(0))])

@@ -78,7 +78,7 @@ async def test_once_caught_up_the_wall_clock_takes_over() -> None:
 
 async def test_restored_sessions_are_judged_where_they_left_off_until_fetched() -> None:
     state = fold_bodies(segments(5))
-    changelog: ChangelogRecords = {0: [(SID.encode(), encode_state(state, None, 10))]}
+    changelog: ChangelogRecords = {0: {SID.encode(): encode_state(state, None, 10)}}
     h = make_runner(
         changelog=changelog, source=FakeSource(behind={0: None}), clock=FakeClock(LATE_WALL)
     )

@@ -13,7 +13,7 @@ from worker.changelog import encode_state
 from worker.metrics import WorkerMetrics
 from worker.rules import Rules
 from worker.runtime import ChangelogRecords
-from worker.runtime.recovery import Recovery, latest_per_key
+from worker.runtime.recovery import Recovery
 from worker.store import SessionStore
 
 
@@ -34,7 +34,7 @@ class Parts:
         )
 
     async def read_changelog(self, partitions: Sequence[int]) -> ChangelogRecords:
-        return {p: self.changelog.get(p, []) for p in partitions}
+        return {p: self.changelog.get(p, {}) for p in partitions}
 
     async def read_committed(self, partitions: Sequence[int]) -> dict[int, int | None]:
         group = self.group
@@ -44,18 +44,13 @@ class Parts:
         self.store.apply(decode(ingested(0, sid=sid)), partition)
 
 
-def test_the_latest_value_of_each_key_wins_and_keyless_records_are_skipped() -> None:
-    entries = [(b"a", b"1"), (None, b"x"), (b"b", b"2"), (b"a", None), (b"b", b"3")]
-    assert latest_per_key(entries) == {b"a": None, b"b": b"3"}
-
-
 async def test_restore_loads_the_latest_states_and_sets_the_partition_time(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     parts = Parts()
     state = fold_bodies(segments(3))
     parts.changelog = {
-        2: [(b"x", b"garbage"), (state.session_id.encode(), encode_state(state, None, 7))]
+        2: {b"x": b"garbage", state.session_id.encode(): encode_state(state, None, 7)}
     }
     with caplog.at_level(logging.ERROR):
         assert await parts.recovery.restore([2]) == 1

@@ -1,0 +1,86 @@
+"""Session metadata: last write wins per field by event timestamp."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from worker.parts.shared import share_meta, share_value
+
+
+def _packed_stamps(stamps: list[int]) -> int | tuple[int, ...]:
+    """One int when all are equal, else the tuple."""
+    if stamps and stamps.count(stamps[0]) == len(stamps):
+        return stamps[0]
+    return tuple(stamps)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """Immutable (replaced, never edited), so sessions without metadata share EMPTY_META;
+    a third of a dict of tuples."""
+
+    order: tuple[str, ...] = ()
+    """Names of the fields set, in the order first set (the changelog writes them so)."""
+    stamps: int | tuple[int, ...] = ()
+    """The event timestamp of each field in `order`; one int when they are all equal (the
+    usual case: one session.started set them all). Read through `items`."""
+    name: str | None = None
+    parent_id: str | None = None
+    project_id: str | None = None
+    playback_id: str | None = None
+    record: bool | None = None
+    kind: str | None = None
+    user_id: str | None = None
+    profiles: list[dict[str, Any]] | None = None
+    recording_spec: dict[str, Any] | None = None
+    recording_url: str | None = None
+    mp4_url: str | None = None
+
+    def _stamp_list(self) -> list[int]:
+        stamps = self.stamps
+        return [stamps] * len(self.order) if isinstance(stamps, int) else list(stamps)
+
+    def items(self) -> dict[str, tuple[int, Any]]:
+        """name -> (timestamp, value) of the fields set, in the order first set."""
+        return {
+            name: (ts, getattr(self, name))
+            for name, ts in zip(self.order, self._stamp_list(), strict=True)
+        }
+
+    def with_values(self, timestamp: int, values: dict[str, Any]) -> SessionMeta:
+        """Each of `values` set unless that field was set by a newer event."""
+        order = list(self.order)
+        stamps = self._stamp_list()
+        changed: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in order:
+                index = order.index(name)
+                if timestamp < stamps[index]:
+                    continue
+                stamps[index] = timestamp
+            else:
+                order.append(name)
+                stamps.append(timestamp)
+            changed[name] = value
+        if not changed:
+            return self
+        return replace(
+            self, order=share_value(tuple(order)), stamps=_packed_stamps(stamps), **changed
+        )
+
+    def to_wire(self) -> dict[str, tuple[int, Any]]:
+        """The changelog form (both formats): {name: [ts, value]} in the order first set."""
+        return self.items()
+
+    @staticmethod
+    def from_wire(meta: dict[str, list[Any]]) -> SessionMeta:
+        """Raises TypeError for a name that is not a metadata field (a corrupt record)."""
+        return SessionMeta(
+            share_value(tuple(meta)),
+            _packed_stamps([ts for ts, _ in meta.values()]),
+            **{name: share_meta(name, value) for name, (_, value) in meta.items()},
+        )
+
+
+EMPTY_META: Final = SessionMeta()
