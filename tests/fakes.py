@@ -174,6 +174,7 @@ class FakeSink:
     def _transactions(self, outbox: Outbox) -> CheckpointTimings:
         unwritten: list[Unwritten] = []
         truncated: list[OutRecord] = []
+        committed: list[int] = []
         for partition in sorted(outbox.partitions()):
             if partition not in self.opened:
                 raise RuntimeError(f"no transactional producer for owned partition {partition}")
@@ -187,13 +188,14 @@ class FakeSink:
                     retriable=True,
                     unwritten=unwritten,
                     truncated=truncated,
+                    committed=committed,
                 )
             for (topic, target), written in batches.items():
                 self.broker.topic(topic).log.extend((target, r) for r in written)
             offsets = {p: o for p, o in outbox.offsets.items() if p == partition}
             self.committed.update(offsets)
             self.written.append(Outbox(records, offsets))
-            outbox.drop_partitions([partition])  # done: a retry must not write it again
+            committed.append(partition)  # a retry must not write it again
             unwritten.extend(screened.unwritten)
             truncated.extend(screened.truncated)
         return CheckpointTimings(0.0, 0.0, tuple(unwritten), tuple(truncated))

@@ -152,7 +152,6 @@ class Checkpoints:
         """Write and count; None if it failed retriably (it is sent again first next time).
         Raises CheckpointError when it cannot be retried."""
         outbox = write.outbox
-        # Counted before writing: the exactly-once sink drops each partition once committed.
         written = Counter(r.topic for rs in outbox.records.values() for r in rs)
         try:
             timings = (
@@ -164,10 +163,12 @@ class Checkpoints:
             report_given_up(self.metrics, self.topics, error.unwritten, error.truncated)
             if not error.retriable:
                 raise
-            # Nothing was committed: the next write sends all of it again, first.
+            # Nothing else was committed: the next write sends the rest again, first.
             log.warning("checkpoint failed; will retry", extra={"error": str(error)})
             self.metrics.checkpoint_failures.inc()
-            self._retry = outbox  # (prepared outboxes took the previous retry in)
+            self.committed.update((p, o) for p, o in outbox.offsets.items() if p in error.committed)
+            # (prepared outboxes took the previous retry in)
+            self._retry = outbox.without(error.committed) if error.committed else outbox
             self.first_pending_ms = {**self.first_pending_ms, **write.pending}
             return None
         report_given_up(self.metrics, self.topics, timings.unwritten, timings.truncated)

@@ -109,6 +109,23 @@ async def test_a_failed_write_is_sent_again_before_anything_newer() -> None:
     assert bench.sink.committed == {0: 12}
 
 
+async def test_partitions_committed_before_a_failure_are_not_written_again() -> None:
+    """The exactly-once sink commits partition by partition and says which did before one
+    failed: the retry leaves those out, and their offsets count as committed."""
+    bench = Bench()
+    bench.sink.fail_next.append(CheckpointError("p1 aborted", retriable=True, committed=[0]))
+    bench.fold(4, ingested(0, sid="a"), partition=0)
+    bench.fold(8, ingested(0, sid="b"), partition=1)
+    failed = await bench.write(Step(None, commits=True))
+    assert failed.outbox.partitions() == {0, 1}, "the sink's outbox is left as it was"
+    assert bench.checkpoints.committed == {0: 5}
+    await bench.write(Step(None, commits=True))
+    (retried,) = bench.sink.written
+    assert retried.partitions() == {1}
+    assert [key for key, _ in of_topic(retried, "snapshots")] == [b"b"]
+    assert bench.checkpoints.committed == {0: 5, 1: 9}
+
+
 async def test_a_publish_owes_the_changelog_to_the_next_checkpoint() -> None:
     bench = Bench()
     bench.fold(0, ingested(0))
