@@ -92,7 +92,7 @@ class RenditionMasks(tuple[Any, ...]):
     @classmethod
     def from_wire(cls, flat: list[Any]) -> RenditionMasks:
         it = iter(flat)
-        masks = [
+        masks: list[Any] = [
             x
             for name, n, holes in zip(it, it, it, strict=True)
             for x in (name, mask_from_wire(n, holes))
