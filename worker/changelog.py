@@ -8,7 +8,7 @@ a rolling upgrade can refuse (and report) a format it does not understand.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Final
 
@@ -210,13 +210,17 @@ def _v2_decoder_source() -> str:
         names.append(column.name)
         args.append(values if column.from_v2 is None else f"_from_v2_{index}({values})")
         at += column.v2_width
-    state = ", ".join(
-        f"{name}={arg}" for name, arg in zip(names, args, strict=True) if name not in _ENTRY_COLUMNS
-    )
-    entry = {name: arg for name, arg in zip(names, args, strict=True) if name in _ENTRY_COLUMNS}
+    given = dict(zip(names, args, strict=True), partition="partition")
+    positional: list[str] = []  # cheaper than keywords: in field order while all are given
+    for field in fields(SessionState):
+        if field.name not in given:
+            break
+        positional.append(given.pop(field.name))
+    entry = {name: given.pop(name) for name in _ENTRY_COLUMNS}
+    state = ", ".join([*positional, *(f"{name}={arg}" for name, arg in given.items())])
     return (
         "def _decode_v2_values(body, partition):\n"
-        f"    state = SessionState(partition=partition, {state})\n"
+        f"    state = SessionState({state})\n"
         f"    return ChangelogEntry(state, {entry['evicted_at']}, {entry['source_offset']})\n"
     )
 
