@@ -101,7 +101,7 @@ async def run(sessions: int, bootstrap: str) -> dict[str, float]:
     states = realistic_states(sessions)
     payloads = [(s.partition, s.session_id, encode_state(s, None, 0)) for s in states]
     # A restoring worker holds no other 100k states: these would make every full collection
-    # of the restore walk them too (it took ~40% longer with them kept).
+    # of the restore walk them too (1.6 times as long with them kept: docs/performance.md).
     del states
     started = time.perf_counter()
     for partition, _, payload in payloads:
