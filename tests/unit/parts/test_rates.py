@@ -76,3 +76,11 @@ def test_the_running_sum_equals_a_re_sum(ops: list[tuple[str, int, int]]) -> Non
         else:
             assert window.bytes_in(a, b) == resum(model, a, b)
         assert window.items() == model
+
+
+def test_from_wire_keeps_the_running_sum_and_stamps() -> None:
+    window = RateWindow.from_wire([[30, 4], [10, 2], [20, 1]])
+    assert window.bytes_in(30, 1_000) == 7  # every entry inside: read from the sum
+    assert window.bytes_in(30, 15) == 5
+    window.expire(10)
+    assert window.bytes_in(30, 1_000) == 5
