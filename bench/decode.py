@@ -8,7 +8,7 @@ one JSON array and validated by a `TypeAdapter(list[Event])` in one call, then t
 not in the future) per event, falling back to (1) for the whole fetch when the array fails
 (one bad record); (3) `orjson.loads` per record then `validate_python`; (4) `decode_fetch`,
 what the worker does since issue 15: (2) made framing-safe (values keyed by secret keys in
-one object, 256 records per call). Values come from
+one object, 128 records per call). Values come from
 bench/load.py's live traffic (mostly segment.ingested and segment.transcoded). Prints
 µs per event (median and best of the rounds) as JSON.
 

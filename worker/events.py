@@ -278,7 +278,7 @@ _FETCH_ADAPTER: Final[TypeAdapter[dict[str, Event]]] = TypeAdapter(dict[str, Eve
 _FETCH_NONCE: Final = secrets.token_hex(12)
 """The secret prefix of the keys that frame a fetch's values in one document: no value can
 write one of them, so no value can pass its neighbours' bytes off as its own."""
-FETCH_CHUNK: Final = 256
+FETCH_CHUNK: Final = 128
 """Records validated per call: past ~100 the per-call cost is amortized, and a bad record
 makes only its chunk fall back to one call per record."""
 _KEYS: Final = [f"{_FETCH_NONCE}{i}" for i in range(FETCH_CHUNK)]
