@@ -1,7 +1,7 @@
 """Restore benchmark: how long a worker takes to rebuild N sessions from the changelog.
 
 Writes N realistic session states to a fresh changelog topic on the local broker, then times
-the real restore path (an assignment: `read_latest` + `Runner.restore`) and, separately,
+the real restore path (an assignment: `read_latest` + `Recovery.restore`) and, separately,
 the pure decode. Then a rebalance that gives every partition back unchanged, as the eager
 protocol does to a member whose partitions stay with it: the revoke (its final checkpoint:
 every restored session is ticked and published once, here into a sink that discards it)
@@ -27,7 +27,7 @@ from worker.kafka.topics import TopicSpec, ensure_topics
 from worker.metrics import WorkerMetrics
 from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
-from worker.runner import OutputTopics, Runner
+from worker.runtime import OutputTopics, Runner
 from worker.settings import Settings
 from worker.state import SessionState
 from worker.store import SessionStore

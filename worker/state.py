@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from pydantic import TypeAdapter
 
@@ -53,20 +53,6 @@ def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None
     state.meta = state.meta.with_values(timestamp, {name: value})
 
 
-class ExportedValues(NamedTuple):
-    source_segments: int
-    transcoded_segments: int
-    source_duration_s: float
-    transcoded_duration_s: float
-    source_bytes: int
-    transcoded_bytes: int
-    ingest_rate: float
-    outgoing_rate: float
-    is_healthy: bool | None
-    issue_count: int
-    last_seen_ms: int | None
-
-
 @dataclass(slots=True)
 class SessionState:
     """Everything needed to continue a session after a restart; plain data only. The packed
@@ -101,8 +87,6 @@ class SessionState:
     ended_at: int | None = None
     timed_out: bool = False
     published_hash: int | None = None
-    exported: ExportedValues | None = None
-    """The numbers of the latest snapshot, so metrics show exactly what was published."""
 
     def newest_seq_no(self) -> int:
         """Newest seqNo any segment event named. It only grows, whatever the arrival order:

@@ -15,8 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.builders import DEFAULT_RULES, SID, Json, decode, seg_ts, segments, started
+from tests.unit.publishing import PublishingStore
 from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
-from worker.metrics import SessionCollector, WorkerMetrics
+from worker.metrics import WorkerMetrics
 from worker.session import build_session
 from worker.store import SessionStore
 
@@ -45,7 +46,8 @@ def apply_all(store: SessionStore, bodies: list[Json]) -> None:
 
 
 @pytest.fixture
-async def server(store: SessionStore) -> AsyncIterator[Server]:
+async def server() -> AsyncIterator[Server]:
+    store = PublishingStore()
     apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(3)])
     store.tick(seg_ts(3))
     loop = Loop()
@@ -59,7 +61,7 @@ async def server(store: SessionStore) -> AsyncIterator[Server]:
         clock_ms=lambda _partition: loop.tick_ms,
         rules=DEFAULT_RULES,
     )
-    sessions = SessionCollector(lambda: list(store.live.values()), 100)
+    sessions = store.collector
     http = HttpServer(registry, probes, sessions)
     await http.start("127.0.0.1", 0)
     try:
