@@ -8,9 +8,11 @@ machine-readable reason, because bad input must be dead-lettered, not crash the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain
 from operator import itemgetter
 from typing import Annotated, Final, Literal
 
@@ -270,3 +272,68 @@ def decode_event(value: bytes, key: bytes | None, now_ms: int) -> Event | Invali
     if event.timestamp > now_ms + MAX_FUTURE_SKEW_MS:
         return _future_timestamp(event, now_ms)
     return event
+
+
+_FETCH_ADAPTER: Final[TypeAdapter[dict[str, Event]]] = TypeAdapter(dict[str, Event])
+_FETCH_NONCE: Final = secrets.token_hex(12)
+"""The secret prefix of the keys that frame a fetch's values in one document: no value can
+write one of them, so no value can pass its neighbours' bytes off as its own."""
+FETCH_CHUNK: Final = 128
+"""Records validated per call: past ~100 the per-call cost is amortized, and a bad record
+makes only its chunk fall back to one call per record."""
+_KEYS: Final = [f"{_FETCH_NONCE}{i}" for i in range(FETCH_CHUNK)]
+_FRAMES: Final = [b'{"%s":' % _KEYS[0].encode()] + [b'\n,"%s":' % key.encode() for key in _KEYS[1:]]
+"""Each frame starts with a raw newline, which no JSON string may hold: a string a value
+leaves open fails the document instead of swallowing the next key."""
+
+
+def decode_fetch(
+    records: Sequence[tuple[bytes, bytes | None]], now_ms: int
+) -> list[Event | InvalidRecord]:
+    """`decode_event` of each (value, key), in order, with the same results; ~20% cheaper.
+
+    The values are validated FETCH_CHUNK at a time as one JSON object keyed by secret
+    keys: when it parses and holds exactly those keys in order, each value was exactly one
+    JSON value (a value that leaves a bracket open or closes one too many moves a key out of
+    place; a string left open meets a raw newline). Any failure or doubt, the chunk is
+    decoded record by record; a record the later checks flag gets `decode_event`'s verdict.
+    """
+    out: list[Event | InvalidRecord] = []
+    for start in range(0, len(records), FETCH_CHUNK):
+        chunk = records[start : start + FETCH_CHUNK]
+        events = _validated(chunk)
+        if events is None:
+            out += [decode_event(value, key, now_ms) for value, key in chunk]
+            continue
+        limit = now_ms + MAX_FUTURE_SKEW_MS
+        for (value, key), event in zip(chunk, events, strict=True):
+            if (
+                (key is not None and key != event.session_id.encode())
+                or event.timestamp > limit
+                or (
+                    type(event) is SegmentTranscoded
+                    and len(renditions := event.renditions) > 1
+                    and len(set(map(_NAME, renditions))) != len(renditions)
+                )
+            ):
+                out.append(decode_event(value, key, now_ms))  # rare: its exact verdict
+            else:
+                out.append(event)
+    return out
+
+
+def _validated(chunk: Sequence[tuple[bytes, bytes | None]]) -> list[Event] | None:
+    """The chunk's values validated in one call, or None when any value does not stand
+    alone as one valid event."""
+    count = len(chunk)
+    if count < 2:  # nothing to share the call with
+        return None
+    framed = zip(_FRAMES[:count], [value for value, _ in chunk], strict=True)
+    document = b"".join(chain.from_iterable(framed))
+    try:
+        by_key = _FETCH_ADAPTER.validate_json(document + b"\n}")
+    except ValidationError:
+        return None
+    if list(by_key) != _KEYS[:count]:
+        return None
+    return list(by_key.values())

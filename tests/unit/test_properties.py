@@ -129,7 +129,9 @@ def metadata(draw: st.DrawFn) -> list[Json]:
         if draw(st.booleans()):
             fields["record"] = draw(st.booleans())
         if draw(st.booleans()):
-            fields["profiles"] = [profile(n) for n in draw(st.lists(st.sampled_from(NAMES)))]
+            fields["profiles"] = [
+                profile(n) for n in draw(st.lists(st.sampled_from(NAMES), max_size=6))
+            ]
         bodies.append(started(T0 + offset, **fields))
     statuses = st.sampled_from(["waiting", "ready", "failed", "deleted", "none"])
     for offset in draw(offsets):

@@ -49,6 +49,26 @@ class RenditionMasks(tuple[Any, ...]):
             masks = [x for pair in zip(it, it, strict=True) if pair[1] for x in pair]
         return masks
 
+    def advanced(
+        self, renditions: Sequence[Rendition], names: tuple[str, ...], shift: int
+    ) -> tuple[RenditionMasks, int, int]:
+        """`marked(renditions, 0, shift)` for a seqNo `shift` past the high-water mark;
+        `names` are the renditions' names in their order. The usual case, the same names
+        in the order held and no mask emptied by the shift, skips the search per name: each
+        mask shifts and gains bit 0, and every rendition is new (bit 0 was shifted out)."""
+        if shift >= DEDUPE_WINDOW or self[0::2] != names:
+            return self.marked(renditions, 0, shift)
+        masks = list(self)
+        for index in range(1, len(masks), 2):
+            mask = (masks[index] << shift) & WINDOW_BITS
+            if not mask:  # the rendition would be forgotten, then set again at the end
+                return self.marked(renditions, 0, shift)
+            masks[index] = mask | 1
+        added_bytes = 0
+        for rendition in renditions:
+            added_bytes += rendition["bytes"]
+        return RenditionMasks(masks), len(names), added_bytes
+
     def marked(
         self, renditions: Sequence[Rendition], offset: int, shift: int = 0
     ) -> tuple[RenditionMasks, int, int]:

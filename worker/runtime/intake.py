@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from worker.events import InvalidRecord, decode_event
+from worker.events import InvalidRecord, decode_fetch
 from worker.metrics import WorkerMetrics
 from worker.outbox import InputRecord
 from worker.runtime.checkpoint import Checkpoints
@@ -32,13 +32,16 @@ def fold_records(
     offsets, pending = checkpoints.outbox.offsets, checkpoints.first_pending_ms
     folded_by_type: dict[str, int] = {}
     newest: dict[int, int] = {}
+    # The whole batch validated at once (its verdicts are decode_event's, record by record).
+    values = [(record.value, record.key) for record in records if record.value is not None]
+    verdicts = iter(decode_fetch(values, now_ms))
     for record in records:
         offsets[record.partition] = record.offset + 1
         value = record.value
         if value is None:
             metrics.tombstones.inc()
             continue
-        decoded = decode_event(value, record.key, now_ms)
+        decoded = next(verdicts)
         if isinstance(decoded, InvalidRecord):
             checkpoints.dead_letter(record, decoded)
             if decoded.event is None:
