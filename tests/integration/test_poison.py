@@ -23,6 +23,7 @@ from tests.integration.helpers import (
     ConsumedRecord,
     Record,
     Topics,
+    WorkerProcess,
     event_records,
     expected_totals,
     http_get,
@@ -141,6 +142,17 @@ async def wait_totals(topics: Topics, expected: dict[str, dict[str, Any]]) -> No
         return all(totals_of(latest.get(s, {})) == t for s, t in expected.items())
 
     await wait_for(converged, 90, 1.0, "exact totals")
+
+
+async def later_events_fold_and_the_worker_stops_cleanly(
+    topics: Topics, worker: WorkerProcess, start_ms: int
+) -> None:
+    """What every poison case ends with: the partition goes on, the worker is still up."""
+    later = session_events("later", 3, start_ms)
+    await produce_large(topics.bootstrap, topics.input, event_records(later))
+    await wait_totals(topics, expected_totals(later))
+    assert worker.process.poll() is None
+    assert worker.terminate() == 0
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -267,11 +279,7 @@ async def test_a_snapshot_too_large_for_its_topic_is_skipped_and_counted_while_o
     assert logged[0]["source_partition"] == 0
     assert logged[0]["level"] == "error"
     # Later events of the same partition still fold and publish.
-    later = session_events("later", 3, start_ms + 1000)
-    await produce_large(topics.bootstrap, topics.input, event_records(later))
-    await wait_totals(topics, expected_totals(later))
-    assert worker.process.poll() is None
-    assert worker.terminate() == 0
+    await later_events_fold_and_the_worker_stops_cleanly(topics, worker, start_ms + 1000)
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -336,11 +344,7 @@ async def test_a_limit_lowered_while_running_is_learned_from_the_refusal(
     await wait_for(lambda: committed_to_end(topics), 30, what="offsets committed to the end")
     assert "large" not in await latest_snapshots(topics.bootstrap, topics.snapshots)
     assert "batch of" in worker.logs(), "the refusal was seen and retried"
-    later = session_events("later", 3, start_ms + 1000)
-    await produce_large(topics.bootstrap, topics.input, event_records(later))
-    await wait_totals(topics, expected_totals(later))
-    assert worker.process.poll() is None
-    assert worker.terminate() == 0
+    await later_events_fold_and_the_worker_stops_cleanly(topics, worker, start_ms + 1000)
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
