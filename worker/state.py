@@ -29,6 +29,7 @@ from worker.parts.masks import NO_MASKS, WINDOW_BITS, RenditionMasks
 from worker.parts.meta import EMPTY_META, SessionMeta
 from worker.parts.rates import RateWindow
 from worker.parts.recent import NO_RATIO, RecentDurations, RecentTranscodes
+from worker.parts.refresh import RefreshCache
 from worker.parts.shared import MAX_SHARED_VALUES, share_meta, share_value
 from worker.profiles import FfmpegProfile
 from worker.rules import DEDUPE_WINDOW, RECENT_SEGMENTS
@@ -50,6 +51,7 @@ _META_FIELDS: Final = (
 def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None:
     """Set one metadata field (last write wins by timestamp), as a folded event would."""
     state.meta = state.meta.with_values(timestamp, {name: value})
+    state.version += 1
 
 
 class ExportedValues(NamedTuple):
@@ -102,6 +104,10 @@ class SessionState:
     published_hash: int | None = None
     exported: ExportedValues | None = None
     """The numbers of the latest snapshot, so metrics show exactly what was published."""
+    version: int = field(default=0, compare=False, repr=False)
+    """Bumped by every fold: what the refresh cache's health verdict is keyed by."""
+    refresh: RefreshCache | None = field(default=None, compare=False, repr=False)
+    """Runtime only (see RefreshCache); None until the first refresh."""
 
     def newest_seq_no(self) -> int:
         """Newest seqNo any segment event named. It only grows, whatever the arrival order:
@@ -263,6 +269,7 @@ def _fold_recording(state: SessionState, event: RecordingUpdated) -> None:
 def fold(state: SessionState, event: Event) -> SessionState:
     """Fold one valid event into the session's state (mutated in place and returned)."""
     timestamp = event.timestamp
+    state.version += 1  # the refresh cache's health verdict is stale
     # Comparisons, not min()/max(): a builtin call costs more on this per-event path.
     if timestamp < state.created_at:  # noqa: PLR1730
         state.created_at = timestamp
