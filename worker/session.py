@@ -80,19 +80,11 @@ _OPTIONAL_JSON_NAMES: Final = tuple(json_name for json_name, _ in _OPTIONAL_META
 _optional_values: Final = attrgetter(*(meta_name for _, meta_name in _OPTIONAL_META))
 
 
-class SessionObject(dict[str, Any]):
-    """A snapshot as `build_session` renders it: a plain dict to every reader, carrying its
-    JSON in two parts for `encode_session` (the head, encoded at build, and the static tail,
-    encoded once per metadata change). Encoded as built: copy it to a dict to change it."""
-
-    __slots__ = ("head_json", "tail_json")
-    head_json: bytes
-    tail_json: bytes
-
-
 def _static_tail(state: SessionState) -> RefreshCache:
     """The refresh cache, its static tail (keys after createdAt) rendered for the state's
-    current metadata and recording: both immutable, replaced by the fold on change."""
+    current metadata and recording: both immutable, replaced by the fold on change. Kept
+    as a dict, not encoded: splicing pre-encoded bytes measured within noise of encoding
+    the whole dict (docs/performance.md) and would tie the bytes to an unchanged dict."""
     cache = state.refresh
     if cache is None:
         cache = state.refresh = RefreshCache()
@@ -116,7 +108,6 @@ def _static_tail(state: SessionState) -> RefreshCache:
                 tail["mp4Url"] = mp4
         tail["recordingStatus"] = status
     cache.tail = tail
-    cache.tail_json = b"," + orjson.dumps(tail)[1:] if tail else b"}"
     cache.meta, cache.recording = meta, recording
     return cache
 
@@ -125,13 +116,11 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
     """The Session JSON object for `state` at `now_ms` (camelCase, unknowns omitted).
 
     Runs for every session a tick rebuilds, so it assigns keys one by one in contract order
-    rather than merging intermediate dicts (key order is part of the published bytes), and
-    encodes only the numbers: the static tail comes rendered and encoded from the cache."""
+    rather than merging intermediate dicts (key order is part of the published bytes); the
+    static tail (metadata, recording) comes rendered from the cache."""
     session_id = state.session_id
     name = state.meta.name
-    session = SessionObject()
-    session["id"] = session_id
-    session["name"] = session_id if name is None else name
+    session: dict[str, Any] = {"id": session_id, "name": session_id if name is None else name}
     if state.last_seen is not None:
         session["lastSeen"] = state.last_seen
     window_ms = rules.rate_window_ms
@@ -155,16 +144,9 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
         session["isHealthy"] = not issues
         session["issues"] = issues
     session["createdAt"] = state.created_at
-    session.head_json = orjson.dumps(session)
-    cache = _static_tail(state)
-    session.tail_json = cache.tail_json
-    session.update(cache.tail)
+    session.update(_static_tail(state).tail)
     return session
 
 
 def encode_session(session: dict[str, Any]) -> bytes:
-    """The published bytes: exactly `orjson.dumps(session)`, spliced from the parts a
-    SessionObject carries (its head ends with `}`, which the tail replaces)."""
-    if type(session) is SessionObject:
-        return session.head_json[:-1] + session.tail_json
     return orjson.dumps(session)

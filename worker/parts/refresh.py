@@ -7,7 +7,7 @@ from typing import Any
 
 class RefreshCache:
     """Per session: the health verdict and the span of `now` it holds for (health.py), and
-    the snapshot's static part, rendered and encoded once (session.py). Each is keyed by
+    the snapshot's static part, rendered once per change (session.py). Each is keyed by
     what it was computed from, so a stale entry is recomputed, never shown."""
 
     __slots__ = (
@@ -19,7 +19,6 @@ class RefreshCache:
         "meta",
         "recording",
         "tail",
-        "tail_json",
     )
 
     def __init__(self) -> None:
@@ -35,5 +34,3 @@ class RefreshCache:
         """The (immutable, replaced on change) metadata and recording the tail is of."""
         self.tail: dict[str, Any] = {}
         """The snapshot's keys after createdAt (metadata, recording), in contract order."""
-        self.tail_json = b"}"
-        """`tail` encoded as the end of an object: `,"kind":...}`, or `}` when empty."""
