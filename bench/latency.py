@@ -238,8 +238,7 @@ def _time_checkpoints(worker: Worker) -> list[float]:
         return timed_prepare
 
     runner._settle = timed_settle  # type: ignore[method-assign]
-    runner._prepare_all = timed(runner._prepare_all)  # type: ignore[method-assign]
-    runner._prepare_slice = timed(runner._prepare_slice)  # type: ignore[method-assign]
+    runner._prepare = timed(runner._prepare)  # type: ignore[method-assign]
     return durations
 
 

@@ -29,10 +29,16 @@ PHASES: Final = (
     ("produce (aiokafka producer, _send_all)", ("aiokafka/producer", "_send_all (")),
     ("decode (pydantic, checks)", ("decode_event (worker/events.py",)),
     ("fold (store.apply, state.fold)", ("SessionStore.apply (", "(worker/state.py")),
-    ("process: other (dead letters, bookkeeping)", ("Runner._process (",)),
+    ("process: other (dead letters, bookkeeping)", ("fold_records (", "Runner.fold (")),
     (
         "checkpoint: outbox, screening, end-to-end histogram, other",
-        ("Runner._prepare_", "Runner._publish", "Runner._write", "(worker/outbox.py"),
+        (
+            "Runner._prepare",
+            "Runner.publish",
+            "Runner._write",
+            "(worker/runtime/checkpoint.py",
+            "(worker/outbox.py",
+        ),
     ),
     ("fetch (aiokafka consumer)", ("aiokafka/consumer", "KafkaSource.fetch (")),
     ("HTTP (aiohttp, /metrics)", ("aiohttp/", "(worker/http.py", "(worker/metrics.py")),

@@ -32,17 +32,32 @@ import statistics
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from worker.events import InvalidRecord, decode_event
 from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
-from worker.metrics import SessionCollector, WorkerMetrics
+from worker.metrics import (
+    LEFT_OUT_FAMILY,
+    LEFT_OUT_HELP,
+    RECORDING_FAMILY,
+    RECORDING_HELP,
+    RECORDING_STATES,
+    SESSION_LABELS,
+    SESSION_SERIES,
+    ExportedValues,
+    SessionCollector,
+    WorkerMetrics,
+    recording_status,
+    session_labels,
+)
 from worker.rules import Rules
 from worker.state import SessionState, set_meta
 from worker.store import SessionStore
@@ -78,8 +93,9 @@ class Scrapes:
     gzip_bytes: int
 
 
-def fill_store(size: int, now_ms: int) -> SessionStore:
-    """A store with `size` live sessions, folded from synthetic events and ticked once."""
+def fill_store(size: int, now_ms: int) -> tuple[SessionStore, dict[str, ExportedValues]]:
+    """A store with `size` live sessions, folded from synthetic events and ticked once, and
+    the numbers that tick published (what the worker's collector keeps)."""
     store = SessionStore(Rules())
     template = min(size, TEMPLATE_SESSIONS)
     traffic = SyntheticTraffic(template, start_ms=now_ms - TRAFFIC_SPAN_MS, seed=5)
@@ -95,8 +111,9 @@ def fill_store(size: int, now_ms: int) -> SessionStore:
         set_meta(clone, "project_id", clone.last_activity, f"project-{n % 97}")
         clone.last_activity -= n % 60_000  # spread recency so the cap has to choose
         store.restore(clone, None)  # through the store, which indexes its live sessions
-    store.tick(now_ms)
-    return store
+    collector = SessionCollector(list, 0)
+    collector.published(store.tick(now_ms))
+    return store, collector.values
 
 
 def timed_ms(action: Callable[[], bytes], runs: int) -> tuple[list[float], list[float], bytes]:
@@ -120,14 +137,48 @@ async def _ticker(stop: asyncio.Event, worst: list[float]) -> None:
         worst[0] = max(worst[0], (loop.time() - before - TICK_S) * 1000)
 
 
-def make_server(store: SessionStore, cap: int, generic: bool = False) -> HttpServer:
+class GenericCollector(Collector):
+    """The first version: the same families built as prometheus-client metric objects."""
+
+    def __init__(self, sessions: SessionCollector) -> None:
+        self.sessions = sessions
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        chosen, left_out = self.sessions.chosen()
+        rows = [(session_labels(s), v, recording_status(s)) for s, v in chosen]
+        for series in SESSION_SERIES:
+            kind = CounterMetricFamily if series.kind == "counter" else GaugeMetricFamily
+            family = kind(series.family, series.help, labels=SESSION_LABELS)
+            for labels, values, _ in rows:
+                value = series.value(values)
+                if value is not None:
+                    family.add_metric(labels, value)
+            yield family
+        recording = GaugeMetricFamily(
+            RECORDING_FAMILY, RECORDING_HELP, labels=[*SESSION_LABELS, "status"]
+        )
+        for labels, _, current in rows:
+            if current is not None:
+                for status in RECORDING_STATES:
+                    recording.add_metric([*labels, status], 1.0 if status == current else 0.0)
+        yield recording
+        yield GaugeMetricFamily(LEFT_OUT_FAMILY, LEFT_OUT_HELP, value=left_out)
+
+
+def make_server(
+    store: SessionStore, values: dict[str, ExportedValues], cap: int, generic: bool = False
+) -> HttpServer:
     """The worker's server; `generic`: the collector on the registry instead, so all of
     /metrics goes through prometheus-client's `generate_latest` (the first version)."""
     registry = CollectorRegistry()
     WorkerMetrics(registry)
     sessions = SessionCollector(lambda: list(store.live.values()), cap)
+    sessions.values = values
     if generic:
-        registry.register(sessions)
+        registry.register(GenericCollector(sessions))
     probes = Probes(
         is_ready=lambda: True,
         last_progress=time.monotonic,
@@ -187,14 +238,14 @@ async def measure_scrapes(server: HttpServer, scraper: ProcessPoolExecutor) -> S
 
 def run_size(size: int, cap: int, generic: bool) -> Result:
     now_ms = int(time.time() * 1000)
-    store = fill_store(size, now_ms)
-    server = make_server(store, cap)
+    store, values = fill_store(size, now_ms)
+    server = make_server(store, values, cap)
     timings, cpu, body = timed_ms(server.render_metrics, SCRAPES)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scraper:
         scrapes = asyncio.run(measure_scrapes(server, scraper))
         generic_ms = generic_scrapes = None
         if generic:
-            slow = make_server(store, cap, generic=True)
+            slow = make_server(store, values, cap, generic=True)
             generic_ms = statistics.median(timed_ms(slow.render_metrics, 3)[1])
             generic_scrapes = asyncio.run(measure_scrapes(slow, scraper))
     return Result(

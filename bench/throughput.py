@@ -115,7 +115,7 @@ async def read_ceiling(settings: Settings, total: int, layer: str = "bare") -> R
 
 
 class _Timing:
-    """Wraps the runner's `_process`: when the first batch came, when the last was folded."""
+    """Wraps the runner's `fold`: when the first batch came, when the last was folded."""
 
     def __init__(self, worker: Worker, total: int) -> None:
         self.first = 0.0
@@ -127,14 +127,14 @@ class _Timing:
         self.records = 0
         self.done = asyncio.Event()
         self._total = total
-        self._process = worker.runner._process
-        worker.runner._process = self  # type: ignore[method-assign]
+        self._fold = worker.runner.fold
+        worker.runner.fold = self  # type: ignore[method-assign]
 
     def __call__(self, records: Sequence[InputRecord]) -> None:
         if not self.records:
             self.first, self.cpu_first = time.perf_counter(), cpu_s()
             self.epoch_first = time.time()
-        self._process(records)
+        self._fold(records)
         self.records += len(records)
         if self.records >= self._total and not self.done.is_set():
             self.last, self.cpu_last = time.perf_counter(), cpu_s()

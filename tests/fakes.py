@@ -1,4 +1,5 @@
-"""In-memory stand-ins of the Kafka source and sinks, shared by every test that needs them.
+"""In-memory stand-ins of the runtime's ports (the Kafka source and sinks) and a clock,
+shared by every test that needs them.
 
 `FakeSink` is held to the same contract as the real sinks: tests/integration/
 test_sink_contract.py runs the same cases against it and against AtLeastOnceSink and
@@ -26,6 +27,25 @@ from worker.outbox import (
 )
 
 
+class FakeClock:
+    """A monotonic clock (seconds) and a wall clock (ms) that move only when told."""
+
+    def __init__(self, wall_ms: int = T0 + 10_000, monotonic_s: float = 1_000.0) -> None:
+        self.wall = wall_ms
+        self.seconds = monotonic_s
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def wall_ms(self) -> int:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        """Both clocks move on by `seconds`."""
+        self.seconds += seconds
+        self.wall += round(seconds * 1000)
+
+
 @dataclass
 class FakeRecord:
     partition: int
@@ -46,10 +66,18 @@ class FakeSource:
     """The group's committed offsets (`make_runner` shares the sink's); None: unavailable."""
     behind: dict[int, int | None] = field(default_factory=dict)
     """What `partition_backlog` reports for partitions not caught up."""
+    clock: FakeClock | None = None
+    """If set, a fetch that finds no batch waits its whole timeout on this clock."""
+    fetches: int = 0
 
     async def fetch(self, timeout_s: float) -> Sequence[InputRecord]:
+        self.fetches += 1
         await asyncio.sleep(0)
-        return self.batches.pop(0) if self.batches else []
+        if self.batches:
+            return self.batches.pop(0)
+        if self.clock is not None:
+            self.clock.advance(timeout_s)
+        return []
 
     def backlog(self) -> int:
         return self.waiting
@@ -146,6 +174,7 @@ class FakeSink:
     def _transactions(self, outbox: Outbox) -> CheckpointTimings:
         unwritten: list[Unwritten] = []
         truncated: list[OutRecord] = []
+        committed: list[int] = []
         for partition in sorted(outbox.partitions()):
             if partition not in self.opened:
                 raise RuntimeError(f"no transactional producer for owned partition {partition}")
@@ -159,13 +188,14 @@ class FakeSink:
                     retriable=True,
                     unwritten=unwritten,
                     truncated=truncated,
+                    committed=committed,
                 )
             for (topic, target), written in batches.items():
                 self.broker.topic(topic).log.extend((target, r) for r in written)
             offsets = {p: o for p, o in outbox.offsets.items() if p == partition}
             self.committed.update(offsets)
             self.written.append(Outbox(records, offsets))
-            outbox.drop_partitions([partition])  # done: a retry must not write it again
+            committed.append(partition)  # a retry must not write it again
             unwritten.extend(screened.unwritten)
             truncated.extend(screened.truncated)
         return CheckpointTimings(0.0, 0.0, tuple(unwritten), tuple(truncated))

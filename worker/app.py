@@ -24,7 +24,7 @@ from worker.kafka.source import KafkaSource
 from worker.kafka.topics import prepare_topics
 from worker.logs import held_back, last_message
 from worker.metrics import SessionCollector, WorkerMetrics
-from worker.runner import OutputTopics, Runner
+from worker.runtime import OutputTopics, Runner
 from worker.settings import ProcessingGuarantee, Settings
 from worker.store import SessionStore
 
@@ -66,6 +66,9 @@ class Worker:
             else AtLeastOnceSink(settings, self.source)
         )
         exactly_once = settings.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
+        self.sessions = SessionCollector(
+            lambda: list(self.store.live.values()), settings.metrics_max_sessions
+        )
         self.runner = Runner(
             self.source,
             self.sink,
@@ -88,9 +91,7 @@ class Worker:
             catchup_backlog=settings.catchup_backlog,
             publish_slices=1 if exactly_once else PUBLISH_SLICES,
             encode_changelog=encode_state_v1 if settings.changelog_format == 1 else encode_state,
-        )
-        self.sessions = SessionCollector(
-            lambda: list(self.store.live.values()), settings.metrics_max_sessions
+            observer=self.sessions,
         )
         self.metrics.sessions.set_function(lambda: len(self.store))  # current at every scrape
         self.http = HttpServer(

@@ -1,4 +1,9 @@
-"""HTTP surface on the worker's event loop: /metrics, /healthz, /readyz, /sessions/{id}.
+"""HTTP surface: /metrics, /healthz, /readyz, /sessions/{id}.
+
+The server runs on an event loop of its own, in its own thread: probes and scrapes are
+answered while the consume loop folds a backlog or ticks every session (it yields rarely
+then), so a busy worker is never mistaken for a dead one. Only /sessions/{id} reads live
+session state, so it is answered on the owner's loop, between two steps of the fold.
 
 A /metrics body with thousands of sessions takes a while to build, so it is built in a
 thread (the per-session part by `SessionCollector.render`, written for speed and few GC
@@ -10,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -68,6 +74,11 @@ class HttpServer:
         self._cached: _Exposition | None = None
         self._render_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The server's own loop, run by `_thread`."""
+        self._thread: threading.Thread | None = None
+        self._owner: asyncio.AbstractEventLoop | None = None
+        """The loop that owns the session state (the one `start` was awaited on)."""
         self.port: int | None = None
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
@@ -77,7 +88,20 @@ class HttpServer:
         self._app = app
 
     async def start(self, host: str, port: int) -> None:
-        """Listen on host:port (0: any free port, then in `self.port`); raises OSError."""
+        """Listen on host:port (0: any free port, then in `self.port`) from the server's
+        own thread; raises OSError."""
+        self._owner = asyncio.get_running_loop()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="http", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            await self._on_server_loop(self._listen(host, port))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _listen(self, host: str, port: int) -> None:
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -89,11 +113,22 @@ class HttpServer:
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else port
 
+    async def _on_server_loop(self, work: Awaitable[None]) -> None:
+        assert self._loop is not None
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(work), self._loop))
+
     async def stop(self) -> None:
         """Idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await runner.cleanup()
+            await self._on_server_loop(runner.cleanup())
+        self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        loop.close()
 
     def render_metrics(self) -> bytes:
         """The whole exposition; may run in a thread (collectors only read)."""
@@ -137,8 +172,23 @@ class HttpServer:
         return web.json_response({"status": "not ready"}, status=503)
 
     async def _session(self, request: web.Request) -> web.Response:
-        state = self._probes.lookup(request.match_info["session_id"])
-        if state is None:
+        assert self._owner is not None
+        found = asyncio.run_coroutine_threadsafe(
+            self._render_session(request.match_info["session_id"]), self._owner
+        )
+        body = await asyncio.wrap_future(found)
+        if body is None:
             return web.json_response({"error": "session not owned by this worker"}, status=404)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _render_session(self, session_id: str) -> bytes | None:
+        """On the owner's loop: the session is not being folded meanwhile."""
+        state = self._probes.lookup(session_id)
+        if state is None:
+            return None
         session = build_session(state, self._probes.clock_ms(state.partition), self._probes.rules)
-        return web.Response(body=orjson.dumps(session), content_type="application/json")
+        return orjson.dumps(session)
+
+
+async def _awaited(work: Awaitable[None]) -> None:
+    await work

@@ -1,23 +1,24 @@
 """Every Prometheus metric of the worker, on a registry passed in (tests use a fresh one).
 
-Per-session series come from `SessionCollector`, which reads the live store at scrape time,
-so a session's series vanish the moment it is evicted or its partition is revoked.
+Per-session series come from `SessionCollector`, which owns the numbers each session's
+latest snapshot published (updated from every tick) and pairs them with the live store at
+scrape time, so a session's series vanish the moment it is evicted or its partition is
+revoked. `/metrics` has one rendering of them, `SessionCollector.render`.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from worker.session import PUBLISHED_STATUS, RECORDING_STATUSES
-from worker.state import ExportedValues, SessionState
+from worker.state import SessionState
+from worker.store import TickResult
 
 PREFIX: Final = "session_worker"
 """The one application prefix of every metric name."""
@@ -157,6 +158,38 @@ class WorkerMetrics:
         self.build = Info(f"{p}_build", "Version of the running worker", registry=registry)
 
 
+class ExportedValues(NamedTuple):
+    """The numbers of a session's latest snapshot: metrics show exactly what was published."""
+
+    source_segments: int
+    transcoded_segments: int
+    source_duration_s: float
+    transcoded_duration_s: float
+    source_bytes: int
+    transcoded_bytes: int
+    ingest_rate: float
+    outgoing_rate: float
+    is_healthy: bool | None
+    issue_count: int
+    last_seen_ms: int | None
+
+
+def exported_values(session: dict[str, Any]) -> ExportedValues:
+    return ExportedValues(
+        session["sourceSegments"],
+        session["transcodedSegments"],
+        session["sourceSegmentsDuration"],
+        session["transcodedSegmentsDuration"],
+        session["sourceBytes"],
+        session["transcodedBytes"],
+        session["ingestRate"],
+        session["outgoingRate"],
+        session["isHealthy"],
+        len(session.get("issues", ())),
+        session.get("lastSeen"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSeries:
     """One per-session family: `name` after the `session_worker_session_` prefix."""
@@ -267,26 +300,46 @@ def _header(name: str, kind: str, help_text: str) -> str:
     return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
 
 
-class SessionCollector(Collector):
-    """Per-session series computed from live state at scrape time, capped, newest first.
+class SessionCollector:
+    """Per-session series: each live session's published numbers, capped, newest first.
 
-    Values are each session's `exported` numbers, i.e. exactly what its latest snapshot
-    said; sessions not published yet have no series. Two renderings of the same rows:
-    `collect` for a prometheus-client registry (tests, generic tooling) and `render`, the
-    text exposition written directly, which /metrics uses because it is ~10x faster and
-    allocates few GC-tracked objects (a full GC pass during a big scrape freezes the loop).
+    Owns the numbers (`values`): `published` records what each tick's snapshots said,
+    eviction removes them, `retain` drops those of sessions that left with a rebalance.
+    Sessions not published yet have no series. `render` writes the text exposition
+    directly: ~10x faster than a prometheus-client Collector, and it allocates few GC-tracked
+    objects (a full GC pass during a big scrape freezes the loop).
     """
 
     def __init__(self, sessions: Callable[[], Iterable[SessionState]], max_sessions: int) -> None:
-        """`sessions` must return a copy: both renderings may run in a rendering thread."""
+        """`sessions` must return a copy: rendering may run in a rendering thread."""
         self._sessions = sessions
         self._max_sessions = max_sessions
+        self.values: dict[str, ExportedValues] = {}
+        """Per session, the numbers of its latest snapshot (only looked up while rendering)."""
 
-    def chosen(self) -> tuple[list[SessionState], int]:
-        """The sessions to export (the most recently active ones when there are more than
-        the cap) and how many the cap left out; sessions never published are not candidates.
-        """
-        published = [s for s in self._sessions() if s.exported is not None]
+    def published(self, result: TickResult) -> None:
+        """Take the numbers of a tick's snapshots; forget the sessions it evicted."""
+        values = self.values
+        for snapshot in result.snapshots:
+            values[snapshot.session_id] = exported_values(snapshot.session)
+        for state in result.evicted:
+            values.pop(state.session_id, None)
+
+    def retain(self, live: Iterable[str]) -> None:
+        """Keep only the numbers of `live` sessions (after a rebalance: parked sessions that
+        went elsewhere are dropped; those taken back keep their numbers)."""
+        keep = set(live)
+        for session_id in [s for s in self.values if s not in keep]:
+            del self.values[session_id]
+
+    def chosen(self) -> tuple[list[tuple[SessionState, ExportedValues]], int]:
+        """The sessions to export with their numbers (the most recently active ones when
+        there are more than the cap) and how many the cap left out; sessions never
+        published are not candidates."""
+        values = self.values
+        published = [
+            (s, v) for s in self._sessions() if (v := values.get(s.session_id)) is not None
+        ]
         cap = self._max_sessions
         left_out = max(0, len(published) - cap)
         if not left_out:
@@ -295,37 +348,10 @@ class SessionCollector(Collector):
             return [], left_out
         # The cap-th newest activity time, then a filter: no long sort in one C call, which
         # would hold the GIL (and freeze the event loop) for tens of ms with 100k sessions.
-        threshold = heapq.nlargest(cap, [s.last_activity for s in published])[-1]
-        newer = [s for s in published if s.last_activity > threshold]
-        tied = [s for s in published if s.last_activity == threshold]
+        threshold = heapq.nlargest(cap, [s.last_activity for s, _ in published])[-1]
+        newer = [p for p in published if p[0].last_activity > threshold]
+        tied = [p for p in published if p[0].last_activity == threshold]
         return newer + tied[: cap - len(newer)], left_out
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # dynamic series: skip the registration-time collect()
-
-    def collect(self) -> Iterator[Metric]:
-        states, left_out = self.chosen()
-        rows = [(session_labels(s), s.exported, recording_status(s)) for s in states]
-        for series in SESSION_SERIES:
-            family: CounterMetricFamily | GaugeMetricFamily
-            if series.kind == "counter":
-                family = CounterMetricFamily(series.family, series.help, labels=SESSION_LABELS)
-            else:
-                family = GaugeMetricFamily(series.family, series.help, labels=SESSION_LABELS)
-            for labels, values, _ in rows:
-                value = None if values is None else series.value(values)
-                if value is not None:
-                    family.add_metric(labels, value)
-            yield family
-        recording = GaugeMetricFamily(
-            RECORDING_FAMILY, RECORDING_HELP, labels=[*SESSION_LABELS, "status"]
-        )
-        for labels, _, current in rows:
-            if current is not None:
-                for status in RECORDING_STATES:
-                    recording.add_metric([*labels, status], 1.0 if status == current else 0.0)
-        yield recording
-        yield GaugeMetricFamily(LEFT_OUT_FAMILY, LEFT_OUT_HELP, value=left_out)
 
     def render(self) -> bytes:
         """The same families as `collect`, written as text exposition (format 0.0.4).
@@ -333,9 +359,10 @@ class SessionCollector(Collector):
         Builds strings and a few lists only: no per-sample tuples or dicts, so no GC passes;
         joined and encoded a family at a time, so no single C call holds the GIL for long.
         """
-        states, left_out = self.chosen()
+        chosen, left_out = self.chosen()
         # Read each session's numbers once, so all its families come from the same tick.
-        exported = [s.exported for s in states]
+        states = [state for state, _ in chosen]
+        exported = [values for _, values in chosen]
         labels = [
             f'session_id="{_escape(sid)}",parent_id="{_escape(parent)}",'
             f'project_id="{_escape(project)}"'
@@ -347,7 +374,7 @@ class SessionCollector(Collector):
             lines = [_header(name, series.kind, series.help)]
             append = lines.append
             for label, values in zip(labels, exported, strict=True):
-                value = None if values is None else value_of(values)
+                value = value_of(values)
                 if value is not None:
                     append(f"{name}{{{label}}} {value}\n")
             chunks.append("".join(lines).encode())

@@ -174,6 +174,13 @@ class Outbox:
         merged.offsets.update(newer.offsets)
         return merged
 
+    def without(self, partitions: Sequence[int]) -> Outbox:
+        """A copy that leaves out what `partitions` owe (already written and committed)."""
+        return Outbox(
+            {p: rs for p, rs in self.records.items() if p not in partitions},
+            {p: o for p, o in self.offsets.items() if p not in partitions},
+        )
+
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         """Forget what a revoked partition still owed: its new owner redoes it from the commit."""
         for partition in partitions:
@@ -182,10 +189,13 @@ class Outbox:
 
 
 class CheckpointError(Exception):
-    """Records or offsets could not be written. Retriable: try again with the same outbox.
+    """Records or offsets could not be written. Retriable: try again with the outbox less
+    the input partitions in `committed` (the exactly-once sink commits partition by
+    partition: those were written and committed before the failure, so a retry must not
+    write them again). The sink never edits the outbox it was given.
 
-    `unwritten` and `truncated`: what parts of the outbox already committed (exactly-once
-    commits partition by partition) held back or cut, to be reported all the same."""
+    `unwritten` and `truncated`: what those committed partitions held back or cut, to be
+    reported all the same."""
 
     def __init__(
         self,
@@ -194,9 +204,11 @@ class CheckpointError(Exception):
         retriable: bool,
         unwritten: Sequence[Unwritten] = (),
         truncated: Sequence[OutRecord] = (),
+        committed: Sequence[int] = (),
     ) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.committed = tuple(committed)
         self.unwritten = tuple(unwritten)
         self.truncated = tuple(truncated)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from pydantic import TypeAdapter
 
@@ -54,20 +54,6 @@ def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None
     state.version += 1
 
 
-class ExportedValues(NamedTuple):
-    source_segments: int
-    transcoded_segments: int
-    source_duration_s: float
-    transcoded_duration_s: float
-    source_bytes: int
-    transcoded_bytes: int
-    ingest_rate: float
-    outgoing_rate: float
-    is_healthy: bool | None
-    issue_count: int
-    last_seen_ms: int | None
-
-
 @dataclass(slots=True)
 class SessionState:
     """Everything needed to continue a session after a restart; plain data only. The packed
@@ -102,8 +88,6 @@ class SessionState:
     ended_at: int | None = None
     timed_out: bool = False
     published_hash: int | None = None
-    exported: ExportedValues | None = None
-    """The numbers of the latest snapshot, so metrics show exactly what was published."""
     version: int = field(default=0, compare=False, repr=False)
     """Bumped by every fold: what the refresh cache's health verdict is keyed by."""
     refresh: RefreshCache | None = field(default=None, compare=False, repr=False)

@@ -1,32 +1,30 @@
 """The in-memory set of sessions owned by this worker: fold, coalesce, expire. Pure, no I/O.
 
 The runner feeds it events and calls `tick(nows)` once per publish interval (each session
-judged at the `now` of its input partition, see worker/clock.py); `tick` returns the
-snapshots that visibly changed and the changelog states to persist, which the runner writes
-to Kafka before committing offsets.
+judged at the `now` of its input partition, see worker/clock.py); `tick` returns the states
+that changed (to persist), the evicted and forgotten ones, and the snapshots that visibly
+changed, rendered by the injected renderer (worker/publisher.py): the store keeps state, it
+does not know what a snapshot looks like.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Protocol
 
 from worker.clock import everywhere
 from worker.events import Event
-from worker.health import is_active, is_inactive
+from worker.health import is_active
+from worker.publisher import Rendered, Snapshot, render_snapshot
 from worker.rules import Rules
-from worker.session import build_session, encode_session
-from worker.state import ExportedValues, SessionState, expire_windows, fold, new_session
+from worker.state import SessionState, expire_windows, fold, new_session
+
+__all__ = ["PartitionSessions", "Renderer", "SessionStore", "Snapshot", "TickResult", "slot_of"]
 
 
-class Snapshot(NamedTuple):
-    """One per refreshed session: a NamedTuple is cheaper to build than a frozen dataclass."""
-
-    session_id: str
-    partition: int
-    session: dict[str, Any]
-    payload: bytes
+class Renderer(Protocol):
+    def __call__(self, state: SessionState, now_ms: int, rules: Rules, /) -> Rendered: ...
 
 
 @dataclass(slots=True)
@@ -58,27 +56,12 @@ def slot_of(session_id: str, slots: int) -> int:
     return hash(session_id) % slots
 
 
-def exported_values(session: dict[str, Any]) -> ExportedValues:
-    return ExportedValues(
-        session["sourceSegments"],
-        session["transcodedSegments"],
-        session["sourceSegmentsDuration"],
-        session["transcodedSegmentsDuration"],
-        session["sourceBytes"],
-        session["transcodedBytes"],
-        session["ingestRate"],
-        session["outgoingRate"],
-        session["isHealthy"],
-        len(session.get("issues", ())),
-        session.get("lastSeen"),
-    )
-
-
 class SessionStore:
     """Live sessions, plus a bounded archive of evicted ones so late events keep totals."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, render: Renderer = render_snapshot) -> None:
         self.rules = rules
+        self._render = render
         self.live: dict[str, SessionState] = {}
         """Read-only outside the store: it keeps `_members` in step with it."""
         self._members: list[dict[str, SessionState]] = []
@@ -207,7 +190,7 @@ class SessionStore:
             changed_ids = self._dirty.intersection(members)
             self._dirty -= changed_ids
             due = list(members.items())
-        settled = self._settled
+        settled, render = self._settled, self._render
         for session_id, state in due:
             now_ms = nows[state.partition]
             ended_at = state.ended_at
@@ -228,17 +211,11 @@ class SessionStore:
                 changed_ids.add(session_id)
                 result.timed_out.append(state)
             expire_windows(state, now_ms, rules.rate_window_ms)
-            session = build_session(state, now_ms, rules)
-            payload = encode_session(session)
-            state.exported = exported_values(session)
-            digest = hash(payload)
-            if session["isHealthy"] is None and (
-                not state.has_rates() or is_inactive(state, now_ms, rules)
-            ):
+            snapshot, final = render(state, now_ms, rules)
+            if final:
                 settled.add(session_id)  # from the next tick on: what it shows now is final
-            if digest != state.published_hash:
-                state.published_hash = digest
-                result.snapshots.append(Snapshot(session_id, state.partition, session, payload))
+            if snapshot is not None:
+                result.snapshots.append(snapshot)
                 changed_ids.add(session_id)
             elif (
                 state.ended_at is not None

@@ -17,7 +17,7 @@ from worker.outbox import (
 )
 
 if TYPE_CHECKING:
-    from worker.runner import OutputTopics
+    from worker.runtime.ports import OutputTopics
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, TextIO
@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.health import evaluate_issues
+from worker.metrics import ExportedValues
 from worker.rules import Rules
 from worker.state import SessionState
 
@@ -63,6 +64,8 @@ class Reading:
     partitions: int
     ready: bool
     dead_letters: int = 0
+    exported: Mapping[str, ExportedValues] = field(default_factory=dict)
+    """Per session, the numbers of its latest snapshot (the metrics collector's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +123,19 @@ class ViewSampler:
         history: dict[str, deque[tuple[float, float]]] = {}
         for state in tracked:
             points = self.history.get(state.session_id) or deque(maxlen=SPARK_WIDTH)
-            e = state.exported
+            e = reading.exported.get(state.session_id)
             points.append((e.ingest_rate, e.outgoing_rate) if e else (0.0, 0.0))
             history[state.session_id] = points
         self.history = history  # sessions no longer tracked drop their history here
         self._throughput.append((monotonic_s, reading.events_folded))
         (t0, n0), (t1, n1) = self._throughput[0], self._throughput[-1]
         rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        sick = [s for s in reading.sessions if s.exported and s.exported.is_healthy is False]
+        exported = reading.exported
+        sick = [
+            s
+            for s in reading.sessions
+            if (e := exported.get(s.session_id)) is not None and e.is_healthy is False
+        ]
         alerts = tuple(
             (s.session_id, "; ".join(evaluate_issues(s, reading.now_ms, reading.rules) or ()))
             for s in heapq.nlargest(MAX_ALERTS, sick, key=_activity)
@@ -148,7 +156,7 @@ class ViewSampler:
 
 
 def _row(state: SessionState, reading: Reading, history: deque[tuple[float, float]]) -> Row:
-    e = state.exported
+    e = reading.exported.get(state.session_id)
     healthy = e.is_healthy if e else None
     issues = evaluate_issues(state, reading.now_ms, reading.rules) if healthy is False else None
     name = state.meta.name
@@ -312,6 +320,7 @@ def read_worker(worker: Worker) -> Reading:
         partitions=len(worker.runner.assigned),
         ready=worker.runner.ready,
         dead_letters=round(sum(dead)),
+        exported=dict(worker.sessions.values),
     )
 
 

@@ -15,10 +15,10 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.http import HttpServer, Probes
-from worker.metrics import SessionCollector, WorkerMetrics
+from worker.metrics import ExportedValues, SessionCollector, WorkerMetrics
 from worker.rules import Rules
 from worker.settings import Settings
-from worker.state import ExportedValues, SessionState, new_session, set_meta
+from worker.state import SessionState, new_session, set_meta
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]
@@ -89,9 +89,13 @@ def fake_session() -> SessionState:
     for name, value in {"parent_id": "parent", "project_id": "project", "record": True}.items():
         set_meta(state, name, 1, value)
     state.recording = (1, "ready", None, None)
-    values = [1] * len(ExportedValues._fields)
-    state.exported = ExportedValues._make(values)._replace(is_healthy=False)
     return state
+
+
+FAKE_VALUES: Final = ExportedValues._make([1] * len(ExportedValues._fields))._replace(
+    is_healthy=False
+)
+"""What `fake_session`'s latest snapshot published: every series has a sample."""
 
 
 def probes(*, ready: bool = False) -> Probes:
@@ -112,6 +116,7 @@ def exposition(sessions: Iterable[SessionState] = ()) -> str:
     WorkerMetrics(registry)
     chosen = list(sessions)
     collector = SessionCollector(lambda: list(chosen), max_sessions=10_000)
+    collector.values = {s.session_id: FAKE_VALUES for s in chosen}
     return HttpServer(registry, probes(), collector).render_metrics().decode()
 
 

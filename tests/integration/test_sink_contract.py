@@ -320,10 +320,12 @@ async def test_a_failed_partition_transaction_keeps_the_others_and_its_retry_dup
     with pytest.raises(CheckpointError) as failed:
         await backend.sink.checkpoint(outbox)
     assert failed.value.retriable
+    assert failed.value.committed == (0,)
+    assert outbox.partitions() == {0, 1}, "the sink leaves the outbox alone"
     assert await backend.committed({0: 7}) == {0: 7}, "partition 0's transaction committed"
     assert await backend.written(t.snapshots) == [seen(first[0])]
     assert await backend.written(t.changelog) == [seen(first[1])]
-    result = await backend.sink.checkpoint(outbox)
+    result = await backend.sink.checkpoint(outbox.without(failed.value.committed))
     assert result.unwritten == (Unwritten(big, 1, "too_large"),)
     assert await backend.committed({0: 7, 1: 9}) == {0: 7, 1: 9}
     assert sorted(await backend.written(t.snapshots)) == sorted([seen(first[0]), seen(small)])

@@ -46,7 +46,9 @@ def test_fetch_decoding_keeps_the_key_check() -> None:
 
 def test_profile_phases_pick_the_most_specific_phase(tmp_path: Path) -> None:
     run = "run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118)"
-    tick = f"{run};Runner._publish (worker/runner.py:382);SessionStore.tick (worker/store.py:231)"
+    tick = (
+        f"{run};Runner.publish (worker/runtime/loop.py:157);SessionStore.tick (worker/store.py:231)"
+    )
     raw = tmp_path / "profile.txt"
     raw.write_text(
         f"{tick};build_session (worker/session.py:103);evaluate_issues (worker/health.py:149) 3\n"

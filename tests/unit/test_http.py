@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.builders import DEFAULT_RULES, SID, Json, decode, seg_ts, segments, started
+from tests.unit.publishing import PublishingStore
 from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
-from worker.metrics import SessionCollector, WorkerMetrics
+from worker.metrics import WorkerMetrics
 from worker.session import build_session
 from worker.store import SessionStore
 
@@ -45,7 +48,8 @@ def apply_all(store: SessionStore, bodies: list[Json]) -> None:
 
 
 @pytest.fixture
-async def server(store: SessionStore) -> AsyncIterator[Server]:
+async def server() -> AsyncIterator[Server]:
+    store = PublishingStore()
     apply_all(store, [started(parentId="stream-1", projectId="project-1"), *segments(3)])
     store.tick(seg_ts(3))
     loop = Loop()
@@ -59,7 +63,7 @@ async def server(store: SessionStore) -> AsyncIterator[Server]:
         clock_ms=lambda _partition: loop.tick_ms,
         rules=DEFAULT_RULES,
     )
-    sessions = SessionCollector(lambda: list(store.live.values()), 100)
+    sessions = store.collector
     http = HttpServer(registry, probes, sessions)
     await http.start("127.0.0.1", 0)
     try:
@@ -160,3 +164,28 @@ async def test_a_taken_port_raises_oserror(server: Server) -> None:
     with pytest.raises(OSError, match="address already in use"):
         await other.start("127.0.0.1", server.http.port)
     await other.stop()
+
+
+async def test_probes_and_scrapes_answer_while_the_consume_loop_is_blocked(
+    server: Server,
+) -> None:
+    """The consume loop may not yield for a while (a big fetch, a tick of every session):
+    the server has its own loop and thread, so a probe is answered while this loop blocks
+    (if it shared this loop, nothing could answer until the block ends, and the wait would
+    give up)."""
+    server.loop.ready = True
+    answers: list[int] = []
+    answered = threading.Event()
+
+    def probe() -> None:
+        for path in ("/readyz", "/healthz", "/metrics"):
+            with urllib.request.urlopen(server.url + path, timeout=30) as response:  # noqa: S310 (http://127.0.0.1)
+                answers.append(response.status)
+        answered.set()
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    answered.wait(timeout=30)  # blocks this event loop, as a long fold would
+    prober.join()
+    assert answers == [200, 200, 200]
+    assert answered.is_set()

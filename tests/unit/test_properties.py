@@ -10,7 +10,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes import FakeSink, FakeSource
+from tests.fakes import FakeClock, FakeSource
 from tests.unit.builders import (
     RENDITION_BYTES,
     SEGMENT_MS,
@@ -30,7 +30,7 @@ from tests.unit.builders import (
     totals,
     transcoded,
 )
-from tests.unit.test_runner import make_runner, record
+from tests.unit.runtime.harness import make_runner, record
 from worker.changelog import decode_state, encode_state
 from worker.events import Event
 from worker.replay import replay_lines
@@ -254,8 +254,8 @@ async def test_a_catch_up_shows_what_a_replay_of_the_same_events_shows(
     included, equals a replay (stream time) of what its partition has delivered so far."""
     wall = max((b["timestamp"] for bodies in logs.values() for b in bodies), default=T0)
     source = FakeSource(behind={0: None, 1: None})
-    runner = make_runner(FakeSink(), source=source)
-    runner.clock_ms = lambda: wall + 24 * 3_600_000
+    h = make_runner(source=source, clock=FakeClock(wall_ms=wall + 24 * 3_600_000))
+    runner = h.runner
     await runner.on_assigned([0, 1])
     delivered: dict[int, int] = {0: 0, 1: 0}
     latest: dict[str, Json] = {}
@@ -264,12 +264,19 @@ async def test_a_catch_up_shows_what_a_replay_of_the_same_events_shows(
         start = delivered[partition]
         count = data.draw(st.integers(1, max(1, len(logs[partition]) - start)))
         batch = logs[partition][start : start + count]
-        runner._process([record(partition, start + n, body) for n, body in enumerate(batch)])
+        runner.fold([record(partition, start + n, body) for n, body in enumerate(batch)])
         delivered[partition] += len(batch)
         for p, bodies in logs.items():
             source.behind[p] = len(bodies) - delivered[p] or 1  # still behind: more to come
-        result, _, _ = runner._publish(None)
-        latest.update((s.session_id, s.session) for s in result.snapshots)
+        written = len(h.sink.written)
+        await runner.publish()
+        latest.update(
+            ((r.key or b"").decode(), orjson.loads(r.value or b""))
+            for box in h.sink.written[written:]
+            for rs in box.records.values()
+            for r in rs
+            if r.topic == "snapshots"
+        )
         for p, bodies in logs.items():
             expected = replayed(bodies[: delivered[p]])
             assert {sid: latest.get(sid) for sid in expected} == expected

@@ -17,9 +17,10 @@ from tests.unit.builders import (
     segments,
     started,
 )
+from worker.metrics import ExportedValues, exported_values
 from worker.rules import Rules
 from worker.session import encode_session
-from worker.state import ExportedValues, new_session
+from worker.state import new_session
 from worker.store import SessionStore, TickResult
 
 RETENTION = DEFAULT_RULES.retention_ms
@@ -124,8 +125,9 @@ def test_tick_publishes_only_when_the_json_changed(store: SessionStore) -> None:
     # The rates do not change until an entry leaves the window: nothing to publish.
     assert ids(store.tick(last + 100)) == nothing()
     apply_all(store, segments(1, 3))
-    assert ids(store.tick(seg_ts(3) + 500)) == only(snapshots=True, changed=True)
-    assert store.live[SID].exported == ExportedValues(
+    result = store.tick(seg_ts(3) + 500)
+    assert ids(result) == only(snapshots=True, changed=True)
+    assert exported_values(result.snapshots[0].session) == ExportedValues(
         source_segments=4,
         transcoded_segments=12,
         source_duration_s=8.0,

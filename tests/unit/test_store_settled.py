@@ -9,7 +9,6 @@ scenario runs twice, with the shortcut and with it disabled, and every tick's re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -25,8 +24,10 @@ from tests.unit.builders import (
     segments,
     started,
 )
-from worker import store as store_module
-from worker.session import build_session
+from worker.metrics import SessionCollector
+from worker.publisher import Rendered, render_snapshot
+from worker.rules import Rules
+from worker.state import SessionState
 from worker.store import SessionStore
 
 Ticked = tuple[list[tuple[str, bytes]], list[str], list[str], list[str], object]
@@ -49,11 +50,13 @@ def run(
         store._settled = _NeverSettled()
     for body in bodies:
         store.apply(decode(body), 0)
+    collector = SessionCollector(list, 0)
     seen: list[Ticked] = []
     for index, now in enumerate(ticks):
         if between is not None:
             between(store, index)
         result = store.tick(now)
+        collector.published(result)
         state = store.live.get(SID)
         seen.append(
             (
@@ -61,7 +64,7 @@ def run(
                 [s.session_id for s in result.changed],
                 [s.session_id for s in result.evicted],
                 [s.session_id for s in result.forgotten],
-                None if state is None else state.exported,
+                None if state is None else collector.values.get(SID),
             )
         )
     return seen
@@ -155,10 +158,16 @@ def test_a_source_segment_wakes_an_inactive_session_up(at_tick: int) -> None:
     assert settled[at_tick][0], "published again with the segment"
 
 
-def test_inactive_sessions_are_not_rebuilt_and_not_republished(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    store = SessionStore(DEFAULT_RULES)
+def test_inactive_sessions_are_not_rebuilt_and_not_republished() -> None:
+    built: list[str] = []
+    counting_on = [False]
+
+    def counting(state: SessionState, now_ms: int, rules: Rules) -> Rendered:
+        if counting_on[0]:
+            built.append(state.session_id)
+        return render_snapshot(state, now_ms, rules)
+
+    store = SessionStore(DEFAULT_RULES, render=counting)
     for body in segments(5):
         store.apply(decode(body), 0)
     last = seg_ts(4)
@@ -166,15 +175,7 @@ def test_inactive_sessions_are_not_rebuilt_and_not_republished(
     # Healthy, decaying rates, the stall issue once, then inactive once: then nothing.
     assert published[INACTIVE_AFTER // STEP + 1] == 1
     assert sum(published[INACTIVE_AFTER // STEP + 2 :]) == 0
-    assert SID in store._settled
-    built: list[str] = []
-    real = build_session
-
-    def counting(*args: Any) -> dict[str, Any]:
-        built.append(args[0].session_id)
-        return real(*args)
-
-    monkeypatch.setattr(store_module, "build_session", counting)
+    counting_on[0] = True
     for now in every_second(last + 80_000, 100):
         assert store.tick(now).snapshots == []
     assert built == []

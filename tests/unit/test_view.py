@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.segment import Segment
 
 from tests.unit.builders import DEFAULT_RULES, T0, decode, failed, ingested, started, transcoded
+from tests.unit.publishing import PublishingStore
 from worker.app import Worker
 from worker.demo import logs_into
 from worker.logs import TextFormatter
@@ -35,7 +36,9 @@ from worker.view import (
 
 
 def reading(store: SessionStore, now: int, folded: int = 0, **fields: object) -> Reading:
+    exported = store.collector.values if isinstance(store, PublishingStore) else {}
     values: dict[str, object] = {
+        "exported": exported,
         "sessions": list(store.live.values()),
         "rules": store.rules,
         "now_ms": now,
@@ -52,7 +55,7 @@ def reading(store: SessionStore, now: int, folded: int = 0, **fields: object) ->
 @cache
 def traffic_frame(sessions: int = 30, seconds: int = 40, rows: int = 24) -> Frame:
     """Synthetic demo traffic folded second by second, sampled like the live view does."""
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     traffic = SyntheticTraffic(sessions, start_ms=T0, seed=3, failure_rate=0.3)
     sampler = ViewSampler()
     folded = 0
@@ -165,7 +168,7 @@ def test_sparkline_scales_to_its_peak_and_shows_silence_as_a_gap() -> None:
 
 
 def test_history_is_bounded_and_forgets_sessions_that_left() -> None:
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     sampler = ViewSampler()
     for i in range(TRACKED_SESSIONS + 50):
         store.apply(decode(started(T0 + i, sid=f"s{i}")), 0)
@@ -181,7 +184,7 @@ def test_history_is_bounded_and_forgets_sessions_that_left() -> None:
 
 
 def test_throughput_is_events_per_second_over_recent_samples() -> None:
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     sampler = ViewSampler()
     assert sampler.sample(reading(store, T0, folded=0), 5, 0.0).events_per_s == 0
     sampler.sample(reading(store, T0, folded=1_000), 5, 1.0)
@@ -192,7 +195,7 @@ def test_throughput_is_events_per_second_over_recent_samples() -> None:
 
 
 def test_unknown_lag_and_an_unready_worker_are_shown_as_such() -> None:
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     frame = ViewSampler().sample(reading(store, T0, lag=None, ready=False), 5, 0.0)
     _, lines = draw(frame)
 
@@ -202,7 +205,7 @@ def test_unknown_lag_and_an_unready_worker_are_shown_as_such() -> None:
 
 
 def test_ended_and_waiting_sessions_are_neither_healthy_nor_unhealthy() -> None:
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     store.apply(decode(started(T0, sid="waiting")), 0)
     for body in (started(T0, sid="gone"), ingested(0, sid="gone")):
         store.apply(decode(body), 0)
@@ -216,7 +219,7 @@ def test_ended_and_waiting_sessions_are_neither_healthy_nor_unhealthy() -> None:
 
 
 def test_plain_lines_carry_the_same_facts_without_escape_codes() -> None:
-    store = SessionStore(DEFAULT_RULES)
+    store = PublishingStore(DEFAULT_RULES)
     bodies = [
         started(T0, sid="sick"),
         ingested(0, sid="sick"),

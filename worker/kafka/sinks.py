@@ -308,7 +308,8 @@ class TransactionalSink:
         topic, group = self._settings.input_topic, self._settings.group_id
         unwritten: list[Unwritten] = []
         truncated: list[OutRecord] = []
-        for partition in sorted(outbox.partitions()):  # drops each one as it commits
+        committed: list[int] = []
+        for partition in sorted(outbox.partitions()):
             producer = self._producers.get(partition)
             if producer is None:
                 raise RuntimeError(f"no transactional producer for owned partition {partition}")
@@ -322,7 +323,7 @@ class TransactionalSink:
                         await producer.send_offsets_to_transaction(
                             {TopicPartition(topic, partition): offset}, group
                         )
-                outbox.drop_partitions([partition])  # done: a retry must not write it again
+                committed.append(partition)  # a retry must not write it again
             except BatchRefusedError as error:
                 await self._reopen(partition)
                 raise CheckpointError(
@@ -330,6 +331,7 @@ class TransactionalSink:
                     retriable=True,
                     unwritten=unwritten,
                     truncated=truncated,
+                    committed=committed,
                 ) from error
             except KafkaError as error:
                 # Fenced means another worker owns the partition now: stop, do not retry.
@@ -338,6 +340,7 @@ class TransactionalSink:
                     retriable=retriable(error) and not isinstance(error, ProducerFenced),
                     unwritten=unwritten,
                     truncated=truncated,
+                    committed=committed,
                 ) from error
             unwritten.extend(screened.unwritten)
             truncated.extend(screened.truncated)

@@ -61,6 +61,8 @@ class Failures(tuple[Any, ...]):
 
     @classmethod
     def from_wire(cls, flat: list[Any]) -> Failures:
+        if not flat and isinstance(flat, list):
+            return NO_FAILURES  # most sessions: shared, as a fold leaves them
         it = iter(flat)
         return cls.of({s: (ts, e) for s, ts, e in zip(it, it, it, strict=True)})
 

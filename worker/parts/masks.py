@@ -92,9 +92,17 @@ class RenditionMasks(tuple[Any, ...]):
     @classmethod
     def from_wire(cls, flat: list[Any]) -> RenditionMasks:
         it = iter(flat)
-        return cls.of(
-            {name: mask_from_wire(n, holes) for name, n, holes in zip(it, it, it, strict=True)}
-        )
+        masks: list[Any] = [
+            x
+            for name, n, holes in zip(it, it, it, strict=True)
+            for x in (name, mask_from_wire(n, holes))
+        ]
+        names = masks[0::2]
+        if len(set(names)) != len(names):  # never written: the last mask of a name wins
+            return cls.of(dict(zip(names, masks[1::2], strict=True)))
+        if not all(isinstance(name, str) for name in names):
+            raise ValueError("a rendition name not a string")
+        return cls(masks)  # unique names (every record written): no dict in between
 
     @classmethod
     def from_wire_v1(cls, masks: dict[str, str]) -> RenditionMasks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from worker.parts.shared import share_meta, share_value
+from worker.parts.shared import share_meta_values, share_value
 
 
 def _packed_stamps(stamps: list[int]) -> int | tuple[int, ...]:
@@ -76,11 +76,9 @@ class SessionMeta:
     @staticmethod
     def from_wire(meta: dict[str, list[Any]]) -> SessionMeta:
         """Raises TypeError for a name that is not a metadata field (a corrupt record)."""
-        return SessionMeta(
-            share_value(tuple(meta)),
-            _packed_stamps([ts for ts, _ in meta.values()]),
-            **{name: share_meta(name, value) for name, (_, value) in meta.items()},
-        )
+        stamps = [ts for ts, _ in meta.values()]
+        values = share_meta_values({name: value for name, (_, value) in meta.items()})
+        return SessionMeta(share_value(tuple(values)), _packed_stamps(stamps), **values)
 
 
 EMPTY_META: Final = SessionMeta()

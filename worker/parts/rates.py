@@ -27,13 +27,15 @@ class RateWindow:
 
     def __init__(self, entries: Iterable[tuple[int, int]] = ()) -> None:
         if entries:
-            self._set(array("q", [x for ts, size in entries for x in (ts, size)]))
+            self._set([x for ts, size in entries for x in (ts, size)])
         else:  # most new windows: cheaper
             self._flat = array("q")
             self._total = self._oldest = self._newest = 0
 
-    def _set(self, flat: array[int]) -> None:
-        self._flat = flat
+    def _set(self, flat: list[int]) -> None:
+        """Keep `flat` packed; its sum and stamps are read from the list (an array's slices
+        box every number again: a restore builds 200k windows)."""
+        self._flat = array("q", flat)
         if flat:
             stamps = flat[0::2]
             self._total = sum(flat[1::2])
@@ -68,7 +70,7 @@ class RateWindow:
         if len(flat) > 2 * MAX_RATE_ENTRIES:
             entries = sorted(_pairs(flat))
             del entries[: len(entries) - MAX_RATE_ENTRIES]
-            self._set(array("q", [x for entry in entries for x in entry]))
+            self._set([x for entry in entries for x in entry])
 
     def expire(self, start_ms: int) -> None:
         """Drop entries stamped at or before `start_ms`: they never count again for a later

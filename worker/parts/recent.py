@@ -78,7 +78,12 @@ class RecentDurations:
     def from_wire(cls, entries: list[Any]) -> RecentDurations:
         """Written from a dict, so seqNos are unique; a repeated one keeps its first place
         and its last value, as reading it into a dict did."""
-        return cls(dict(entries))
+        flat = [x for seq_no, duration in entries for x in (seq_no, duration)]
+        if len(set(flat[0::2])) != len(entries):
+            return cls(dict(entries))
+        durations = cls.__new__(cls)  # unique seqNos (every record written): no dict between
+        durations._flat = array("d", flat)
+        return durations
 
 
 Names = tuple[str, ...]
@@ -227,7 +232,20 @@ class RecentTranscodes:
             per_entry = [names[0]] * len(seq_nos) if seq_nos else []
         else:
             per_entry = [names[i] for i in index]
-        return cls.from_entries(seq_nos, ratios, per_entry)
+        if not len(set(seq_nos)) == len(seq_nos) == len(ratios) == len(per_entry):
+            return cls.from_entries(seq_nos, ratios, per_entry)
+        # Unique seqNos (every record written): packed directly, no dict in between.
+        transcodes = cls.__new__(cls)
+        transcodes._flat = array(
+            "d",
+            [
+                x
+                for s, r in zip(seq_nos, ratios, strict=True)
+                for x in (s, NO_RATIO if r is None else r)
+            ],
+        )
+        transcodes._names = share_names_run(tuple(per_entry))
+        return transcodes
 
     @classmethod
     def from_wire_v1(cls, entries: list[Any]) -> RecentTranscodes:

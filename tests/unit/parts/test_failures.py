@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from worker.parts.failures import NO_FAILURES, Failures
 
 
@@ -29,3 +31,10 @@ def test_wire_round_trips_in_both_formats() -> None:
     assert Failures.from_wire(list(failures.to_wire())) == failures
     assert failures.to_wire_v1() == [[3, 1, "a"], [7, 2, "b"]]
     assert Failures.from_wire_v1(failures.to_wire_v1()) == failures
+
+
+def test_from_wire_of_none_is_the_shared_empty_value_and_junk_is_refused() -> None:
+    assert Failures.from_wire([]) is NO_FAILURES
+    for junk in (None, 0):
+        with pytest.raises(TypeError):
+            Failures.from_wire(junk)  # type: ignore[arg-type]

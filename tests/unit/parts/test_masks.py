@@ -49,3 +49,11 @@ def test_wire_round_trips_in_both_formats() -> None:
     assert RenditionMasks.from_wire_v1(masks.to_wire_v1()) == masks
     with pytest.raises(ValueError, match="not a string"):
         RenditionMasks.of({1: 1})  # type: ignore[dict-item]
+
+
+def test_from_wire_reads_a_repeated_name_as_a_dict_did() -> None:
+    """Never written, but a record that has one keeps the name's first place, last mask."""
+    masks = RenditionMasks.from_wire(["a", 1, "0", "b", 2, "0", "a", 2, "1"])
+    assert masks.items() == {"a": 2, "b": 3}
+    with pytest.raises(ValueError, match="not a string"):
+        RenditionMasks.from_wire([5, 1, "0"])

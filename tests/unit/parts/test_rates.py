@@ -113,3 +113,11 @@ def test_expire_of_entries_in_time_order_equals_a_filter(
                 model, clock, clock - oldest + 1
             )
             assert window.bytes_in(clock, clock - oldest) == resum(model, clock, clock - oldest)
+
+
+def test_from_wire_keeps_the_running_sum_and_stamps() -> None:
+    window = RateWindow.from_wire([[30, 4], [10, 2], [20, 1]])
+    assert window.bytes_in(30, 1_000) == 7  # every entry inside: read from the sum
+    assert window.bytes_in(30, 15) == 5
+    window.expire(10)
+    assert window.bytes_in(30, 1_000) == 5

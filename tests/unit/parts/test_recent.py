@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
 from worker.parts.recent import NO_RATIO, RecentDurations, RecentTranscodes
 from worker.rules import RECENT_SEGMENTS
 
@@ -71,3 +73,18 @@ def test_transcodes_wire_round_trips_in_both_formats() -> None:
     for transcodes in (one_name, mixed):
         assert RecentTranscodes.from_wire(*transcodes.to_wire()) == transcodes
         assert RecentTranscodes.from_wire_v1(transcodes.to_wire_v1()) == transcodes
+
+
+def test_transcodes_from_wire_reads_a_repeated_seq_no_as_a_dict_did() -> None:
+    transcodes = RecentTranscodes.from_wire([1, 2, 1], [0.5, None, 0.25], [ABC], None)
+    assert transcodes.items() == {1: (0.25, ABC), 2: (None, ABC)}
+
+
+def test_transcodes_from_wire_refuses_lists_of_other_lengths() -> None:
+    cases: list[tuple[list[int], list[float | None], list[int] | None]] = [
+        ([1, 2], [0.5], None),
+        ([1, 2], [0.5, 0.5], [0]),
+    ]
+    for seq_nos, ratios, index in cases:
+        with pytest.raises(ValueError, match="zip"):
+            RecentTranscodes.from_wire(seq_nos, ratios, [ABC], index)

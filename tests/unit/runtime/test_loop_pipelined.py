@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.fakes import FakeSink, FakeSource
+from tests.fakes import FakeClock, FakeSink, FakeSource
 from tests.unit.builders import SID, ingested
-from tests.unit.test_runner import make_runner, record
+from tests.unit.runtime.harness import make_runner, record, wait_for
 from worker.outbox import CheckpointError, CheckpointTimings, Outbox
 
 
@@ -20,30 +19,31 @@ class GatedSink(FakeSink):
 
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     started: int = 0
+    cancelled: int = 0
     commits: list[dict[int, int]] = field(default_factory=list)
 
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
         self.started += 1
-        await self.gate.wait()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         self.commits.append(dict(outbox.offsets))
         return await super().checkpoint(outbox)
 
 
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110  # fakes have no event to wait on
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout_s)
-
-
 async def test_folding_goes_on_while_a_checkpoint_is_written() -> None:
     sink = GatedSink()
-    source = FakeSource([[record(0, 0, ingested(0))]])
-    runner = make_runner(sink, source=source)
+    # Time moves only when the test says: an empty fetch waits on a clock of its own.
+    source = FakeSource([[record(0, 0, ingested(0))]], clock=FakeClock())
+    h = make_runner(sink, source=source)
+    runner = h.runner
     await runner.on_assigned([0])
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
+    await wait_for(lambda: runner.events_folded == 1)
+    h.clock.advance(0.01)  # the first publish (a checkpoint: one interval for both) is due
     await wait_for(lambda: sink.started == 1)
     source.batches.append([record(0, 1, ingested(1))])
     # The first checkpoint is still unacknowledged, yet the next record is folded.
@@ -60,23 +60,20 @@ async def test_folding_goes_on_while_a_checkpoint_is_written() -> None:
 
 async def test_a_fatal_error_in_the_background_stops_the_loop() -> None:
     sink = FakeSink(fail_next=[CheckpointError("fenced", retriable=False)])
-    runner = make_runner(sink, source=FakeSource([[record(0, 0, ingested(0))]]))
-    await runner.on_assigned([0])
+    h = make_runner(sink, source=FakeSource([[record(0, 0, ingested(0))]]))
+    await h.runner.on_assigned([0])
     with pytest.raises(CheckpointError, match="fenced"):
-        await asyncio.wait_for(runner.run(asyncio.Event()), 2)
+        await asyncio.wait_for(h.runner.run(asyncio.Event()), 15)
 
 
 async def test_cancelling_the_loop_cancels_the_checkpoint_in_flight() -> None:
     sink = GatedSink()
-    runner = make_runner(sink, source=FakeSource([[record(0, 0, ingested(0))]]))
-    await runner.on_assigned([0])
-    task = asyncio.create_task(runner.run(asyncio.Event()))
+    h = make_runner(sink, source=FakeSource([[record(0, 0, ingested(0))]]))
+    await h.runner.on_assigned([0])
+    task = asyncio.create_task(h.runner.run(asyncio.Event()))
     await wait_for(lambda: sink.started == 1)
-    inflight = runner._inflight
-    assert inflight is not None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)
-    assert inflight.cancelled()
+    await wait_for(lambda: sink.cancelled == 1)
     assert sink.committed == {}

@@ -9,7 +9,7 @@ import pytest
 
 from tests.fakes import FakeRecord, FakeSink
 from tests.unit.builders import ingested, started
-from tests.unit.test_runner import make_runner, record
+from tests.unit.runtime.harness import make_runner, record
 from worker.outbox import (
     CheckpointError,
     CheckpointTimings,
@@ -39,9 +39,9 @@ async def test_unwritable_records_are_counted_logged_and_the_offsets_committed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = LimitedSink(limit=300)  # neither the snapshot nor the changelog record fits
-    runner = make_runner(sink)
+    runner = make_runner(sink).runner
     await runner.on_assigned([0])
-    runner._process([record(0, 5, started()), record(0, 6, ingested(0))])
+    runner.fold([record(0, 5, started()), record(0, 6, ingested(0))])
     with caplog.at_level(logging.WARNING):
         await runner.checkpoint()
     assert sink.committed == {0: 7}
@@ -60,9 +60,9 @@ async def test_a_truncated_dead_letter_is_logged_with_its_source(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = LimitedSink(limit=2000)
-    runner = make_runner(sink)
+    runner = make_runner(sink).runner
     await runner.on_assigned([0])
-    runner._process([FakeRecord(2, 9, b"k", b"{" + b"x" * 5000)])
+    runner.fold([FakeRecord(2, 9, b"k", b"{" + b"x" * 5000)])
     with caplog.at_level(logging.WARNING):
         await runner.checkpoint()
     assert runner.metrics.truncated_dead_letters._value.get() == 1
@@ -74,9 +74,9 @@ async def test_a_truncated_dead_letter_is_logged_with_its_source(
 
 async def test_a_failed_write_still_reports_what_its_committed_part_gave_up() -> None:
     sink = FakeSink()
-    runner = make_runner(sink)
+    runner = make_runner(sink).runner
     await runner.on_assigned([0])
-    runner._process([record(0, 1, started())])
+    runner.fold([record(0, 1, started())])
     given_up = screen({0: [OutRecord("elsewhere", b"k", b"x" * 500)]}, RecordLimits(100), "dlq")
     sink.fail_next.append(
         CheckpointError("partition 1 failed", retriable=True, unwritten=given_up.unwritten)

@@ -6,26 +6,23 @@ import logging
 
 import pytest
 
-from tests.fakes import FakeSink
+from tests.fakes import FakeClock
 from tests.unit.builders import T0, ended, ingested
-from tests.unit.test_runner import make_runner, record
+from tests.unit.runtime.harness import make_runner, record
 from worker.rules import Rules
 
 
 async def test_evictions_are_one_info_line_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
-    sink = FakeSink()
-    clock = [T0]
-    runner = make_runner(sink)
-    runner.clock_ms = lambda: clock[0]
-    runner.store.rules = Rules(retention_ms=1_000)
+    clock = FakeClock(wall_ms=T0)
+    runner = make_runner(clock=clock, rules=Rules(retention_ms=1_000)).runner
     await runner.on_assigned([0])
     ids = [f"s{n}" for n in range(5)]
-    runner._process(
+    runner.fold(
         [record(0, n, ingested(0, sid=sid)) for n, sid in enumerate(ids)]
         + [record(0, 10 + n, ended(T0 + 100, sid=sid)) for n, sid in enumerate(ids)]
     )
     await runner.checkpoint()
-    clock[0] = T0 + 2_000
+    clock.wall = T0 + 2_000
     with caplog.at_level(logging.DEBUG, logger="worker.runner"):
         await runner.checkpoint()  # all five are evicted at once
 
