@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from worker.parts.refresh import RefreshCache
 from worker.rules import Rules
 from worker.state import SessionState
 
@@ -102,12 +103,13 @@ def _missing_renditions_issue(state: SessionState) -> str | None:
     return f"Missing renditions in recent segments: {', '.join(sorted(missing))}"
 
 
-def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str] | None:
+def judge_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str] | None:
     """Issues affecting the session at `now_ms`; None while it is not active (isHealthy null:
-    no segment event yet, ended or timed out, or inactive).
+    no segment event yet, ended or timed out, or inactive). The rules as written, without
+    the cache `evaluate_issues` keeps.
 
-    Runs for every changed session every tick: rules that cannot fire are skipped cheaply.
-    Only the stall rule depends on `now_ms` alone; every text changes only with its inputs."""
+    Rules that cannot fire are skipped cheaply. Only the stall rule depends on `now_ms`
+    alone; every text changes only with its inputs."""
     since = silent_since(state)
     if since is None or state.ended_at is not None:
         return None
@@ -134,3 +136,52 @@ def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str]
         if issue is not None:
             issues.append(issue)
     return issues
+
+
+NEVER: Final = 1 << 62
+"""A `now` no clock reaches: the verdict holds from or until it."""
+
+
+def _span(state: SessionState, since: int, now_ms: int, rules: Rules) -> tuple[int, int]:
+    """The `now` span around `now_ms` in which the verdict cannot change without an event:
+    between the crossings silence makes (the stall threshold, then inactivity)."""
+    silent_ms = now_ms - since
+    inactive_at = since + rules.inactive_after_ms + 1
+    if silent_ms > rules.inactive_after_ms:
+        return inactive_at, NEVER
+    stall_min_at = since + rules.stall_min_ms + 1
+    if now_ms < stall_min_at:
+        return -NEVER, min(stall_min_at, inactive_at)
+    stall_at = since + stall_threshold_ms(state, rules) + 1
+    if now_ms < stall_at:
+        return stall_min_at, min(stall_at, inactive_at)
+    return stall_at, inactive_at
+
+
+def evaluate_issues(state: SessionState, now_ms: int, rules: Rules) -> list[str] | None:
+    """`judge_issues`, judged again only when an event changed the state (its fold version)
+    or `now_ms` left the span in which silence cannot change the verdict. Runs for every
+    session a tick rebuilds; most of them had no event since the last tick or one that
+    leaves the span as it was, and are judged once, not once a second.
+
+    The end (an event or the idle timeout, which the store sets without a fold) is read
+    every time: it ends judging at once."""
+    since = silent_since(state)
+    if since is None or state.ended_at is not None:
+        return None
+    cache = state.refresh
+    if cache is None:
+        cache = state.refresh = RefreshCache()
+    elif (
+        cache.health_version == state.version
+        and cache.health_rules is rules
+        and cache.health_from <= now_ms < cache.health_until
+    ):
+        issues = cache.health_issues
+        return None if issues is None else list(issues)
+    judged = judge_issues(state, now_ms, rules)
+    cache.health_version = state.version
+    cache.health_rules = rules
+    cache.health_from, cache.health_until = _span(state, since, now_ms, rules)
+    cache.health_issues = None if judged is None else tuple(judged)
+    return judged

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.health import evaluate_issues, is_inactive
+from worker.parts.refresh import RefreshCache
 from worker.profiles import Profiles, RecordingSpec
 from worker.rules import Rules
 from worker.state import MICROS, SessionState
@@ -79,15 +80,46 @@ _OPTIONAL_JSON_NAMES: Final = tuple(json_name for json_name, _ in _OPTIONAL_META
 _optional_values: Final = attrgetter(*(meta_name for _, meta_name in _OPTIONAL_META))
 
 
+def _static_tail(state: SessionState) -> RefreshCache:
+    """The refresh cache, its static tail (keys after createdAt) rendered for the state's
+    current metadata and recording: both immutable, replaced by the fold on change. Kept
+    as a dict, not encoded: splicing pre-encoded bytes measured within noise of encoding
+    the whole dict (docs/performance.md) and would tie the bytes to an unchanged dict."""
+    cache = state.refresh
+    if cache is None:
+        cache = state.refresh = RefreshCache()
+    meta = state.meta
+    recording = state.recording
+    if cache.meta is meta and cache.recording is recording:
+        return cache
+    tail: dict[str, Any] = {}
+    if meta.order:
+        for json_name, value in zip(_OPTIONAL_JSON_NAMES, _optional_values(meta), strict=True):
+            if value is not None:
+                tail[json_name] = value
+    if meta.record is True:
+        status = "waiting"
+        if recording is not None:
+            _, status, url, mp4 = recording
+            status = PUBLISHED_STATUS.get(status, status)
+            if url is not None:
+                tail["recordingUrl"] = url
+            if mp4 is not None:
+                tail["mp4Url"] = mp4
+        tail["recordingStatus"] = status
+    cache.tail = tail
+    cache.meta, cache.recording = meta, recording
+    return cache
+
+
 def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, Any]:
     """The Session JSON object for `state` at `now_ms` (camelCase, unknowns omitted).
 
-    Runs for every changed session every tick, so it assigns keys one by one in contract
-    order rather than merging intermediate dicts; key order is part of the published bytes.
-    """
+    Runs for every session a tick rebuilds, so it assigns keys one by one in contract order
+    rather than merging intermediate dicts (key order is part of the published bytes); the
+    static tail (metadata, recording) comes rendered from the cache."""
     session_id = state.session_id
-    meta = state.meta
-    name = meta.name
+    name = state.meta.name
     session: dict[str, Any] = {"id": session_id, "name": session_id if name is None else name}
     if state.last_seen is not None:
         session["lastSeen"] = state.last_seen
@@ -112,21 +144,7 @@ def build_session(state: SessionState, now_ms: int, rules: Rules) -> dict[str, A
         session["isHealthy"] = not issues
         session["issues"] = issues
     session["createdAt"] = state.created_at
-    if meta.order:
-        for json_name, value in zip(_OPTIONAL_JSON_NAMES, _optional_values(meta), strict=True):
-            if value is not None:
-                session[json_name] = value
-    if meta.record is True:
-        recording = state.recording
-        status = "waiting"
-        if recording is not None:
-            _, status, url, mp4 = recording
-            status = PUBLISHED_STATUS.get(status, status)
-            if url is not None:
-                session["recordingUrl"] = url
-            if mp4 is not None:
-                session["mp4Url"] = mp4
-        session["recordingStatus"] = status
+    session.update(_static_tail(state).tail)
     return session
 
 

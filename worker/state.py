@@ -30,6 +30,7 @@ from worker.parts.masks import NO_MASKS, WINDOW_BITS, RenditionMasks
 from worker.parts.meta import EMPTY_META, SessionMeta
 from worker.parts.rates import RateWindow
 from worker.parts.recent import NO_RATIO, RecentDurations, RecentTranscodes
+from worker.parts.refresh import RefreshCache
 from worker.parts.shared import MAX_SHARED_VALUES, share_meta, share_value
 from worker.profiles import FfmpegProfile
 from worker.rules import DEDUPE_WINDOW, RECENT_SEGMENTS
@@ -51,6 +52,7 @@ _META_FIELDS: Final = (
 def set_meta(state: SessionState, name: str, timestamp: int, value: Any) -> None:
     """Set one metadata field (last write wins by timestamp), as a folded event would."""
     state.meta = state.meta.with_values(timestamp, {name: value})
+    state.version += 1
 
 
 @dataclass(slots=True)
@@ -87,6 +89,10 @@ class SessionState:
     ended_at: int | None = None
     timed_out: bool = False
     published_hash: int | None = None
+    version: int = field(default=0, compare=False, repr=False)
+    """Bumped by every fold: what the refresh cache's health verdict is keyed by."""
+    refresh: RefreshCache | None = field(default=None, compare=False, repr=False)
+    """Runtime only (see RefreshCache); None until the first refresh."""
 
     def newest_seq_no(self) -> int:
         """Newest seqNo any segment event named. It only grows, whatever the arrival order:
@@ -270,6 +276,7 @@ _OTHER_FOLDS: Final[dict[type, Callable[[SessionState, Any], None]]] = {
 def fold(state: SessionState, event: Event) -> SessionState:
     """Fold one valid event into the session's state (mutated in place and returned)."""
     timestamp = event.timestamp
+    state.version += 1  # the refresh cache's health verdict is stale
     # Comparisons, not min()/max(): a builtin call costs more on this per-event path.
     if timestamp < state.created_at:  # noqa: PLR1730
         state.created_at = timestamp

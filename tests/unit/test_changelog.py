@@ -546,7 +546,7 @@ def test_columns_name_every_state_field_once_and_groups_in_index_order() -> None
     """The one table both formats are generated from: every field of the state but the
     runtime ones is a column, and the columns of a format 1 group come in index order."""
     names = [column.name for column in COLUMNS]
-    runtime = {"partition", "published_hash", "exported"}
+    runtime = {"partition", "published_hash", "exported", "version", "refresh"}
     state_fields = {f.name for f in dataclasses.fields(SessionState)} - runtime
     assert sorted(names) == sorted(state_fields | {"source_offset", "evicted_at"})
     groups: dict[str, list[int]] = {}

@@ -75,9 +75,27 @@ class RateWindow:
     def expire(self, start_ms: int) -> None:
         """Drop entries stamped at or before `start_ms`: they never count again for a later
         `now` (into an array of the exact size: appending grows one with room to spare)."""
-        if not self._flat or self._oldest > start_ms:
+        flat = self._flat
+        if not flat or self._oldest > start_ms:
             return
-        it = iter(self._flat)
+        # Entries arrive mostly in time order: the expired ones are then a prefix, found
+        # by a short walk, and the rest is checked for stragglers in C (a slice's min).
+        end = 0
+        size = len(flat)
+        while end < size and flat[end] <= start_ms:
+            end += 2
+        if end == size:
+            self._flat = array("q")
+            self._total = self._oldest = self._newest = 0
+            return
+        rest = flat[end:]
+        oldest = min(rest[0::2])
+        if oldest > start_ms:
+            self._flat = rest
+            self._total -= sum(flat[1:end:2])
+            self._oldest = oldest
+            return
+        it = iter(flat)
         kept = [entry for entry in zip(it, it, strict=True) if entry[0] > start_ms]
         self._flat = array("q", [x for entry in kept for x in entry])
         self._total = sum([size for _, size in kept])

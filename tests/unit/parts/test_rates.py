@@ -78,6 +78,43 @@ def test_the_running_sum_equals_a_re_sum(ops: list[tuple[str, int, int]]) -> Non
         assert window.items() == model
 
 
+in_time_order = st.lists(
+    st.tuples(
+        st.integers(0, 300),  # gap after the previous entry
+        st.sampled_from([0, 0, 0, 0, -1, -250, -900]),  # a straggler now and then
+        st.integers(0, 2**20),
+        st.one_of(st.none(), st.integers(0, 1_200)),  # expire this far behind the newest
+    ),
+    max_size=200,
+)
+
+
+@given(in_time_order)
+def test_expire_of_entries_in_time_order_equals_a_filter(
+    ops: list[tuple[int, int, int, int | None]],
+) -> None:
+    """The live shape (expiring a prefix, stragglers behind it): entries, running sum and
+    oldest stamp as a plain filter gives them, read through sums that use each."""
+    window = RateWindow()
+    model: list[tuple[int, int]] = []
+    clock = 0
+    for gap, straggle, size, behind in ops:
+        clock += gap
+        window.add(clock + straggle, size)
+        model.append((clock + straggle, size))
+        if behind is not None:
+            window.expire(clock - behind)
+            model = [e for e in model if e[0] > clock - behind]
+        assert window.items() == model
+        assert window.bytes_in(clock, 10**6) == resum(model, clock, 10**6)
+        if model:
+            oldest = min(ts for ts, _ in model)
+            assert window.bytes_in(clock, clock - oldest + 1) == resum(
+                model, clock, clock - oldest + 1
+            )
+            assert window.bytes_in(clock, clock - oldest) == resum(model, clock, clock - oldest)
+
+
 def test_from_wire_keeps_the_running_sum_and_stamps() -> None:
     window = RateWindow.from_wire([[30, 4], [10, 2], [20, 1]])
     assert window.bytes_in(30, 1_000) == 7  # every entry inside: read from the sum
