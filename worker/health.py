@@ -33,8 +33,10 @@ def is_active(state: SessionState, now_ms: int, rules: Rules) -> bool:
 
 
 def stall_threshold_ms(state: SessionState, rules: Rules) -> int:
-    typical_ms = state.durations.median_duration() * 1000
-    return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_ms))
+    # factor * median * 1000 in this order, as the reference model (tests) computes it:
+    # another order rounds some exact halves the other way (2.5 * 1.251 s: 3127 vs 3128).
+    typical_s = state.durations.median_duration()
+    return max(rules.stall_min_ms, round(rules.stall_duration_factor * typical_s * 1000))
 
 
 def _stall_issue(state: SessionState, silent_ms: int, rules: Rules) -> str | None:
