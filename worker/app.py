@@ -160,10 +160,10 @@ class Worker:
                     where = f"{settings.http_host}:{settings.http_port}"
                     raise StartupError(f"cannot serve HTTP on {where}: {error}") from error
                 stack.push_async_callback(self.http.stop)
+                # Both clients are closed by `close` (pushed first, so it runs last), bounded
+                # by the shutdown deadline: an unbounded stop here would run before it.
                 await self.sink.start()
-                stack.push_async_callback(self.sink.stop)
                 await self.source.start(self.runner)
-                stack.push_async_callback(self.source.stop)
             except StartupError as error:
                 raise StartupError(_with_detail(str(error), held)) from error
             except KafkaClientError as error:
