@@ -17,9 +17,9 @@ import asyncio
 import gzip
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -113,9 +113,9 @@ class HttpServer:
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else port
 
-    async def _on_server_loop(self, work: Awaitable[None]) -> None:
+    async def _on_server_loop(self, work: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(work), self._loop))
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
 
     async def stop(self) -> None:
         """Idempotent."""
@@ -188,7 +188,3 @@ class HttpServer:
             return None
         session = build_session(state, self._probes.clock_ms(state.partition), self._probes.rules)
         return orjson.dumps(session)
-
-
-async def _awaited(work: Awaitable[None]) -> None:
-    await work
