@@ -154,19 +154,40 @@ def _values(state: SessionState, evicted_at: int | None, source_offset: int | No
     return values
 
 
+def _v2_encoder_source() -> str:
+    """The source of `encode_state`'s body, written from COLUMNS: one array display with a
+    call per codec, no per-column loop (every changed session, every checkpoint)."""
+    items = []
+    for index, column in enumerate(COLUMNS):
+        value = column.name if column.name in _ENTRY_COLUMNS else f"state.{column.name}"
+        if column.to_v2 is None:
+            items.append(value)
+        elif column.v2_width == 1:
+            items.append(f"_to_v2_{index}({value})")
+        else:
+            items.append(f"*_to_v2_{index}({value})")
+    return (
+        "def _encode_v2(state, evicted_at, source_offset):\n"
+        f"    return dumps({{'v': {FORMAT_VERSION}, 's': [{', '.join(items)}]}})\n"
+    )
+
+
+def _compile_v2_encoder() -> Callable[[SessionState, int | None, int | None], bytes]:
+    namespace: dict[str, Any] = {"dumps": orjson.dumps}
+    namespace.update({f"_to_v2_{i}": c.to_v2 for i, c in enumerate(COLUMNS) if c.to_v2})
+    exec(_v2_encoder_source(), namespace)  # noqa: S102  # our own source, from COLUMNS
+    encoder: Callable[[SessionState, int | None, int | None], bytes] = namespace["_encode_v2"]
+    return encoder
+
+
+_encode_v2: Final = _compile_v2_encoder()
+
+
 def encode_state(state: SessionState, evicted_at: int | None, source_offset: int | None) -> bytes:
     """Format 2: one flat array of the columns (names written once per record, masks
-    short). Runs for every changed session every checkpoint."""
-    body: list[Any] = []
-    for column, value in zip(COLUMNS, _values(state, evicted_at, source_offset), strict=True):
-        encode = column.to_v2
-        if encode is None:
-            body.append(value)
-        elif column.v2_width == 1:
-            body.append(encode(value))
-        else:
-            body.extend(encode(value))
-    return orjson.dumps({"v": FORMAT_VERSION, "s": body})
+    short). Runs for every changed session every checkpoint: the array is written by
+    code generated from COLUMNS (`_v2_encoder_source`)."""
+    return _encode_v2(state, evicted_at, source_offset)
 
 
 def _v1_codec(column: Column, to: bool) -> _Codec | None:

@@ -9,12 +9,16 @@ revoked. `/metrics` has one rendering of them, `SessionCollector.render`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Final, Literal, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from worker.session import PUBLISHED_STATUS, RECORDING_STATUSES
 from worker.state import SessionState
@@ -41,6 +45,49 @@ LATENCY_BUCKETS: Final = (
     10.0,
     30.0,
 )
+
+
+class BatchHistogram:
+    """A histogram observed a batch of values at a time: per value one bisection, per batch
+    one update under the lock. prometheus-client's Histogram takes its lock and scans the
+    buckets once per value (~1 µs), and a checkpoint observes one value per published
+    session (thousands). Exposed like a Histogram (`_bucket`, `_count`, `_sum`)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry
+    ) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = [*sorted(buckets), float("inf")]
+        self._labels = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # /metrics reads it on the HTTP thread
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * len(bounds)
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # a bucket counts values <= its bound
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = self._counts, self._sum
+        cumulative, buckets = 0, []
+        for label, count in zip(self._labels, counts, strict=True):
+            cumulative += count
+            buckets.append((label, cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
 
 
 class WorkerMetrics:
@@ -105,11 +152,11 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.end_to_end_latency = Histogram(
+        self.end_to_end_latency = BatchHistogram(
             f"{p}_event_to_snapshot_latency_seconds",
             "From an event's Kafka timestamp to the ack of the first snapshot that includes it",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.lag = Gauge(
             f"{p}_consumer_lag_records",

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +26,13 @@ from tests.unit.builders import (
     started,
 )
 from tests.unit.publishing import PublishingStore
-from worker.metrics import PREFIX, SessionCollector, WorkerMetrics
+from worker.metrics import (
+    LATENCY_BUCKETS,
+    PREFIX,
+    BatchHistogram,
+    SessionCollector,
+    WorkerMetrics,
+)
 from worker.store import SessionStore
 
 LABELS = {"session_id": SID, "parent_id": "stream-1", "project_id": "project-1"}
@@ -308,3 +314,38 @@ def test_the_cap_is_exact_when_sessions_were_last_active_at_the_same_time(
 
     assert len(exported_ids(registry)) == 4
     assert registry.get_sample_value(f"{PREFIX}_sessions_not_exported") == 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0.0, 0.005, 0.0051, 1.0, 1.2, 30.0, 31.0, 1e9],
+        [0.3] * 7 + [2.5, 0.001],
+    ],
+)
+def test_a_batch_histogram_exposes_what_a_histogram_observing_each_value_does(
+    values: list[float],
+) -> None:
+    """Same buckets (a value equal to a bound counts in it), count and sum, over two batches;
+    only the standard Histogram's `_created` sample is not there."""
+    expected, batched = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("latency_seconds", "doc", buckets=LATENCY_BUCKETS, registry=expected)
+    histogram = BatchHistogram("latency_seconds", "doc", LATENCY_BUCKETS, batched)
+    for value in values:
+        reference.observe(value)
+    half = len(values) // 2
+    histogram.observe_many(values[:half])
+    histogram.observe_many(values[half:])
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(batched) == pytest.approx(samples(expected))
+    assert len(samples(batched)) == len(LATENCY_BUCKETS) + 3  # + Inf, count, sum

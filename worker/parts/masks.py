@@ -100,9 +100,10 @@ class RenditionMasks(tuple[Any, ...]):
     def to_wire(self) -> list[Any]:
         """Format 2: flat [name, bit length, holes in hex, ...] (see `mask_to_wire`)."""
         flat: list[Any] = []
-        for name, mask in self.items().items():
+        it = iter(self)
+        for name, mask in zip(it, it, strict=True):
             flat.append(name)
-            flat.extend(mask_to_wire(mask))
+            flat += mask_to_wire(mask)
         return flat
 
     def to_wire_v1(self) -> dict[str, str]:

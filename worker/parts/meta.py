@@ -71,6 +71,9 @@ class SessionMeta:
 
     def to_wire(self) -> dict[str, tuple[int, Any]]:
         """The changelog form (both formats): {name: [ts, value]} in the order first set."""
+        stamps = self.stamps
+        if isinstance(stamps, int):  # the usual case (see `stamps`): every checkpoint
+            return {name: (stamps, getattr(self, name)) for name in self.order}
         return self.items()
 
     @staticmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from worker.parts.shared import share, share_value
 from worker.rules import RECENT_SEGMENTS
@@ -207,13 +207,14 @@ class RecentTranscodes:
         """Format 2: seqNos, ratios (null without one), the distinct name tuples, and each
         entry's index among them (null when every entry has the one name tuple)."""
         flat, names = self._flat, self._names
+        ratios = cast("list[float | None]", flat[1::2].tolist())
+        if NO_RATIO in ratios:
+            ratios = [None if r == NO_RATIO else r for r in ratios]
+        seqs = list(map(int, flat[0::2]))
+        if names and names.count(names[0]) == len(names):  # the usual case: one name tuple
+            return seqs, ratios, [names[0]], None
         table = list(dict.fromkeys(names))
-        return (
-            [int(s) for s in flat[0::2]],
-            [None if r == NO_RATIO else r for r in flat[1::2]],
-            table,
-            None if len(table) <= 1 else [table.index(n) for n in names],
-        )
+        return seqs, ratios, table, None if len(table) <= 1 else [table.index(n) for n in names]
 
     def to_wire_v1(self) -> list[tuple[int, float | None, Names]]:
         """Format 1: [[seqNo, ratio or null, names], ...]."""

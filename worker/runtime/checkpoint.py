@@ -239,8 +239,11 @@ class Checkpoints:
         """Latency of the first event folded since the last publish, for each session
         published; sessions without a visible change published nothing and are not counted."""
         now_ms = self._wall_ms()
-        pending, latency = write.pending, self.metrics.end_to_end_latency
-        for snapshot in write.result.snapshots:
-            produced_ms = pending.get(snapshot.session_id)
-            if produced_ms is not None and produced_ms > 0:
-                latency.observe(max(0, now_ms - produced_ms) / 1000)
+        pending = write.pending
+        self.metrics.end_to_end_latency.observe_many(
+            [
+                max(0, now_ms - produced_ms) / 1000
+                for snapshot in write.result.snapshots
+                if (produced_ms := pending.get(snapshot.session_id)) is not None and produced_ms > 0
+            ]
+        )
