@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from worker.app import Worker
 from worker.events import EVENT_ADAPTER
 from worker.kafka.clients import client_options
+from worker.kafka.source import INPUT_FETCH
 from worker.outbox import InputRecord
 from worker.settings import Settings
 
@@ -93,8 +94,7 @@ async def read_ceiling(settings: Settings, total: int, layer: str = "bare") -> R
         group_id=settings.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
+        **INPUT_FETCH,
         isolation_level="read_committed",
     )
     await consumer.start()
