@@ -7,10 +7,13 @@ the real decoder and fold, then `store.tick`) and the worker's `HttpServer` is b
 them exactly as the worker wires it. Measured:
 
 * render: the whole /metrics body (`HttpServer.render_metrics`: worker metrics plus
-  `SessionCollector.render`) called directly; wall-clock and CPU milliseconds, median of a
-  few runs.
+  `SessionCollector.render`) called directly, each time after every session published
+  new numbers (as a tick of every session does; the collector reuses a body that nothing
+  changed since); wall-clock and CPU milliseconds, median of a few runs. "unchanged": the
+  CPU of the same call when nothing was published since the previous one.
 * scrape and loop stall: the server runs on this loop while a client in another process
-  (asking for gzip, like Prometheus) scrapes it, each scrape past the server's cache; a
+  (asking for gzip, like Prometheus) scrapes it, each scrape past the server's cache and
+  after every session published new numbers; a
   ticker coroutine sleeps 1 ms at a time and records how late it wakes up. The worst
   lateness during a scrape is the longest the consume loop would have been frozen by it;
   the same ticker over idle windows of the same length gives the host's noise floor.
@@ -78,6 +81,7 @@ class Result:
     body_bytes: int
     render_median_ms: float
     render_cpu_ms: float
+    unchanged_cpu_ms: float
     generic_ms: float | None
     scrapes: Scrapes
     generic_scrapes: Scrapes | None
@@ -116,11 +120,20 @@ def fill_store(size: int, now_ms: int) -> tuple[SessionStore, dict[str, Exported
     return store, collector.values
 
 
-def timed_ms(action: Callable[[], bytes], runs: int) -> tuple[list[float], list[float], bytes]:
+def republish(values: dict[str, ExportedValues]) -> None:
+    """New numbers objects for every session, as a tick that published each of them stores."""
+    for session_id, numbers in values.items():
+        values[session_id] = ExportedValues(*numbers)
+
+
+def timed_ms(
+    action: Callable[[], bytes], runs: int, before: Callable[[], None] = lambda: None
+) -> tuple[list[float], list[float], bytes]:
     """Wall-clock and CPU milliseconds of each run (CPU time is what a busy host inflates
-    least), and the last result."""
+    least), and the last result; `before` runs untimed before each run."""
     wall, cpu, body = [], [], b""
     for _ in range(runs):
+        before()
         started, started_cpu = time.perf_counter(), time.thread_time()
         body = action()
         cpu.append((time.thread_time() - started_cpu) * 1000)
@@ -212,9 +225,12 @@ async def worst_stall_ms(work: Awaitable[Any]) -> tuple[float, Any]:
     return worst[0], result
 
 
-async def measure_scrapes(server: HttpServer, scraper: ProcessPoolExecutor) -> Scrapes:
+async def measure_scrapes(
+    server: HttpServer, scraper: ProcessPoolExecutor, values: dict[str, ExportedValues]
+) -> Scrapes:
     """Scrape SCRAPES times from another process (so only the server's own work lands on
-    this loop), each past the cache; then watch the idle loop for as many equal windows."""
+    this loop), each past the cache and after a publish of every session (`values`); then
+    watch the idle loop for as many equal windows."""
     loop = asyncio.get_running_loop()
     await server.start("127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.port}/metrics"
@@ -223,6 +239,7 @@ async def measure_scrapes(server: HttpServer, scraper: ProcessPoolExecutor) -> S
         await loop.run_in_executor(scraper, scrape, url)  # warm-up: process start, imports
         for _ in range(SCRAPES):
             await asyncio.sleep(SCRAPE_CACHE_S + 0.05)  # past the cache: a real render
+            republish(values)
             stall, (elapsed_ms, gzipped) = await worst_stall_ms(
                 loop.run_in_executor(scraper, scrape, url)
             )
@@ -240,20 +257,22 @@ def run_size(size: int, cap: int, generic: bool) -> Result:
     now_ms = int(time.time() * 1000)
     store, values = fill_store(size, now_ms)
     server = make_server(store, values, cap)
-    timings, cpu, body = timed_ms(server.render_metrics, SCRAPES)
+    timings, cpu, body = timed_ms(server.render_metrics, SCRAPES, lambda: republish(values))
+    unchanged = timed_ms(server.render_metrics, SCRAPES)[1]
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scraper:
-        scrapes = asyncio.run(measure_scrapes(server, scraper))
+        scrapes = asyncio.run(measure_scrapes(server, scraper, values))
         generic_ms = generic_scrapes = None
         if generic:
             slow = make_server(store, values, cap, generic=True)
             generic_ms = statistics.median(timed_ms(slow.render_metrics, 3)[1])
-            generic_scrapes = asyncio.run(measure_scrapes(slow, scraper))
+            generic_scrapes = asyncio.run(measure_scrapes(slow, scraper, values))
     return Result(
         sessions=size,
         exported=min(size, cap),
         body_bytes=len(body),
         render_median_ms=statistics.median(timings),
         render_cpu_ms=statistics.median(cpu),
+        unchanged_cpu_ms=statistics.median(unchanged),
         generic_ms=generic_ms,
         scrapes=scrapes,
         generic_scrapes=generic_scrapes,
@@ -262,10 +281,11 @@ def run_size(size: int, cap: int, generic: bool) -> Result:
 
 def table(results: Sequence[Result]) -> str:
     lines = [
-        "| sessions | exported | body MiB | gzip MiB | render ms (wall / CPU) | scrape ms "
+        "| sessions | exported | body MiB | gzip MiB | render ms (wall / CPU) "
+        "| unchanged: CPU ms | scrape ms "
         "| loop stall ms, scraping (median / max) | idle (median / max) "
         "| generic: render CPU ms, stall ms (median / max) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         s, g = r.scrapes, r.generic_scrapes
@@ -277,6 +297,7 @@ def table(results: Sequence[Result]) -> str:
         lines.append(
             f"| {r.sessions} | {r.exported} | {r.body_bytes / 2**20:.1f} "
             f"| {s.gzip_bytes / 2**20:.1f} | {r.render_median_ms:.0f} / {r.render_cpu_ms:.0f} "
+            f"| {r.unchanged_cpu_ms:.1f} "
             f"| {statistics.median(s.durations_ms):.0f} "
             f"| {statistics.median(s.stalls_ms):.0f} / {max(s.stalls_ms):.0f} "
             f"| {statistics.median(s.idle_stalls_ms):.0f} / {max(s.idle_stalls_ms):.0f} "

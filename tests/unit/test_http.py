@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.builders import DEFAULT_RULES, SID, Json, decode, seg_ts, segments, started
 from tests.unit.publishing import PublishingStore
-from worker.http import SCRAPE_CACHE_S, HttpServer, Probes
+from worker.http import REFRESH_AFTER_S, SCRAPE_CACHE_S, HttpServer, Probes
 from worker.metrics import WorkerMetrics
 from worker.session import build_session
 from worker.store import SessionStore
+
+LABELS = f'session_id="{SID}",parent_id="stream-1",project_id="project-1"'
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Loop:
     ready: bool = False
     last_progress: float = field(default_factory=time.monotonic)
     tick_ms: int = seg_ts(3)
+    now: float = 1000.0
+    """What the /metrics cache's clock reads."""
 
 
 @dataclass
@@ -64,7 +68,7 @@ async def server() -> AsyncIterator[Server]:
         rules=DEFAULT_RULES,
     )
     sessions = store.collector
-    http = HttpServer(registry, probes, sessions)
+    http = HttpServer(registry, probes, sessions, clock=lambda: loop.now)
     await http.start("127.0.0.1", 0)
     try:
         yield Server(f"http://127.0.0.1:{http.port}", http, loop, store, metrics)
@@ -95,8 +99,7 @@ async def test_metrics_has_worker_and_session_series(server: Server) -> None:
     assert "Content-Encoding" not in headers
     text = body.decode()
     assert "session_worker_rebalances_total 1.0" in text
-    labels = f'session_id="{SID}",parent_id="stream-1",project_id="project-1"'
-    assert f"session_worker_session_source_segments_total{{{labels}}} 3\n" in text
+    assert f"session_worker_session_source_segments_total{{{LABELS}}} 3\n" in text
     assert text.count("# TYPE session_worker_session_source_segments_total counter") == 1
 
 
@@ -108,18 +111,85 @@ async def test_metrics_are_gzipped_when_asked(server: Server) -> None:
     assert gzip.decompress(body) == server.http.render_metrics()
 
 
-async def test_scrapes_close_together_share_one_rendering(server: Server) -> None:
-    url = f"{server.url}/metrics"
-    plain = {"Accept-Encoding": "identity"}
-    _, _, first = await get(url, **plain)
+def source_segments(body: bytes) -> int:
+    (line,) = [
+        line
+        for line in body.decode().splitlines()
+        if line.startswith(f"session_worker_session_source_segments_total{{{LABELS}}}")
+    ]
+    return int(line.rsplit(" ", 1)[1])
+
+
+def count_renderings(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[threading.Event]:
+    """One event per rendering of the body, set once it is rendered."""
+    renderings: list[threading.Event] = []
+    render = server.http.render_metrics
+
+    def counted() -> bytes:
+        done = threading.Event()
+        renderings.append(done)
+        body = render()
+        done.set()
+        return body
+
+    monkeypatch.setattr(server.http, "render_metrics", counted)
+    return renderings
+
+
+async def scrape(server: Server, at: float) -> bytes:
+    server.loop.now = at
+    return (await get(f"{server.url}/metrics", **{"Accept-Encoding": "identity"}))[2]
+
+
+def publish_two_more_segments(server: Server) -> None:
     apply_all(server.store, segments(2, first=3))
     server.store.tick(seg_ts(5))
-    _, _, cached = await get(url, **plain)
-    assert cached == first
-    await asyncio.sleep(SCRAPE_CACHE_S + 0.1)
-    _, _, fresh = await get(url, **plain)
-    labels = f'session_id="{SID}",parent_id="stream-1",project_id="project-1"'
-    assert f"session_worker_session_source_segments_total{{{labels}}} 5\n".encode() in fresh
+
+
+async def test_scrapes_close_together_share_one_rendering(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renderings = count_renderings(server, monkeypatch)
+    first = await scrape(server, 1000.0)
+    publish_two_more_segments(server)
+
+    assert await scrape(server, 1000.0 + REFRESH_AFTER_S) == first
+    assert len(renderings) == 1
+    fresh = await scrape(server, 1000.0 + SCRAPE_CACHE_S + 0.01)  # too old: rendered again
+    assert source_segments(first) == 3
+    assert source_segments(fresh) == 5
+    assert len(renderings) == 2
+
+
+async def test_a_scrape_of_an_aging_body_renders_the_next_one_in_the_background(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renderings = count_renderings(server, monkeypatch)
+    first = await scrape(server, 1000.0)
+    publish_two_more_segments(server)
+
+    aging = 1000.0 + REFRESH_AFTER_S + 0.01
+    assert await scrape(server, aging) == first  # answered at once with the cached body
+    assert await asyncio.to_thread(lambda: renderings[-1].wait(timeout=30))
+    assert len(renderings) == 2
+    # Past the first body's expiry, the one rendered in the background is served.
+    fresh = await scrape(server, 1000.0 + SCRAPE_CACHE_S + 0.01)
+    assert source_segments(fresh) == 5
+    assert len(renderings) == 2
+
+
+async def test_a_failed_rendering_answers_500_and_the_next_scrape_renders_again(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    render = server.http.render_metrics
+    monkeypatch.setattr(server.http, "render_metrics", lambda: 1 / 0)
+    status, _, _ = await get(f"{server.url}/metrics")
+    assert status == 500
+
+    monkeypatch.setattr(server.http, "render_metrics", render)
+    status, _, body = await get(f"{server.url}/metrics", **{"Accept-Encoding": "identity"})
+    assert status == 200
+    assert source_segments(body) == 3
 
 
 async def test_readyz_follows_the_runner(server: Server) -> None:

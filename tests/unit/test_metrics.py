@@ -20,19 +20,31 @@ from tests.unit.builders import (
     Json,
     decode,
     ended,
+    ingested,
     recording,
     seg_ts,
     segments,
     started,
+    transcoded,
 )
 from tests.unit.publishing import PublishingStore
 from worker.metrics import (
     LATENCY_BUCKETS,
+    LEFT_OUT_FAMILY,
+    LEFT_OUT_HELP,
     PREFIX,
+    RECORDING_FAMILY,
+    RECORDING_HELP,
+    RECORDING_STATES,
+    SESSION_LABELS,
+    SESSION_SERIES,
     BatchHistogram,
     SessionCollector,
     WorkerMetrics,
+    recording_status,
+    session_labels,
 )
+from worker.state import SessionState
 from worker.store import SessionStore
 
 LABELS = {"session_id": SID, "parent_id": "stream-1", "project_id": "project-1"}
@@ -349,3 +361,97 @@ def test_a_batch_histogram_exposes_what_a_histogram_observing_each_value_does(
 
     assert samples(batched) == pytest.approx(samples(expected))
     assert len(samples(batched)) == len(LATENCY_BUCKETS) + 3  # + Inf, count, sum
+
+
+def reference_render(collector: SessionCollector) -> bytes:
+    """The per-session families written sample by sample, the plain way (the first direct
+    rendering), to hold the faster one to the same bytes."""
+    chosen, left_out = collector.chosen()
+    out = []
+    for series in SESSION_SERIES:
+        out.append(f"# HELP {series.sample} {series.help}\n# TYPE {series.sample} {series.kind}\n")
+        for state, values in chosen:
+            number = series.value(values)
+            if number is not None:
+                out.append(f"{series.sample}{{{reference_labels(state)}}} {number}\n")
+    out.append(f"# HELP {RECORDING_FAMILY} {RECORDING_HELP}\n# TYPE {RECORDING_FAMILY} gauge\n")
+    for state, _ in chosen:
+        current = recording_status(state)
+        if current is not None:
+            for status in RECORDING_STATES:
+                flag = 1 if status == current else 0
+                labels = f'{reference_labels(state)},status="{status}"'
+                out.append(f"{RECORDING_FAMILY}{{{labels}}} {flag}\n")
+    out.append(f"# HELP {LEFT_OUT_FAMILY} {LEFT_OUT_HELP}\n# TYPE {LEFT_OUT_FAMILY} gauge\n")
+    out.append(f"{LEFT_OUT_FAMILY} {left_out}\n")
+    return "".join(out).encode()
+
+
+def reference_labels(state: SessionState) -> str:
+    def escape(text: str) -> str:
+        return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+    return ",".join(
+        f'{name}="{escape(text)}"'
+        for name, text in zip(SESSION_LABELS, session_labels(state), strict=True)
+    )
+
+
+def test_the_rendering_is_byte_for_byte_the_plain_one(store: SessionStore) -> None:
+    live_session(store, record=True)
+    odd = 'odd %s {x} "q" \\ \n'
+    bodies = [
+        started(sid="odd", parentId=odd, projectId="%d%%", record=True),
+        ingested(0, sid="odd", duration=1.7, size=333_333),
+        transcoded(0, sid="odd", duration=1.7),
+        ingested(1, sid="odd", duration=2.05),
+        recording("ready", seg_ts(1), sid="odd"),
+        started(sid="bare"),  # no segment: no healthy and no last-seen sample
+        started(sid="ended", record=True),
+        ingested(0, sid="ended"),
+        ended(seg_ts(1), sid="ended"),
+    ]
+    apply_all(store, bodies)
+    store.tick(seg_ts(3))
+    for cap in (100, 2):
+        scrape = Scrape(store, cap)
+        assert scrape.collector.render() == reference_render(scrape.collector)
+
+
+def test_an_unchanged_store_reuses_the_rendering(store: SessionStore) -> None:
+    live_session(store)
+    scrape = collector_registry(store)
+    first = scrape.collector.render()
+
+    assert scrape.collector.render() is first
+    apply_all(store, segments(2, first=3))  # folded, not yet published: same numbers
+    assert scrape.collector.render() is first
+
+
+def test_a_publish_renders_again(store: SessionStore) -> None:
+    live_session(store)
+    scrape = collector_registry(store)
+    first = scrape.collector.render()
+    apply_all(store, segments(2, first=3))
+    store.tick(seg_ts(5))
+
+    assert scrape.collector.render() is not first
+    assert value(scrape, "source_segments_total") == 5
+
+
+def test_a_revocation_after_a_rendering_removes_the_series(store: SessionStore) -> None:
+    live_session(store)
+    scrape = collector_registry(store)
+    assert SID in scrape.text()
+    store.take_partitions([0])
+
+    assert SID not in scrape.text()
+
+
+def test_a_fold_that_changes_the_capped_choice_renders_again(store: SessionStore) -> None:
+    ids = many_sessions(store, 3)
+    scrape = collector_registry(store, max_sessions=1)
+    assert exported_ids(scrape) == {ids[2]}
+    apply_all(store, [started(T0 + 10_000, sid=ids[0])])  # now the most recently active
+
+    assert exported_ids(scrape) == {ids[0]}
