@@ -22,6 +22,7 @@ import cProfile
 import pstats
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,9 +97,15 @@ class _Source:
 
 
 class _NullSink:
+    """Counts the records it is given per topic and keeps none."""
+
+    def __init__(self) -> None:
+        self.written: Counter[str] = Counter()
+
     async def open_partitions(self, partitions: Sequence[int]) -> None: ...
     async def close_partitions(self, partitions: Sequence[int]) -> None: ...
     async def checkpoint(self, outbox: Outbox) -> CheckpointTimings:
+        self.written.update(r.topic for rs in outbox.records.values() for r in rs)
         return CheckpointTimings(0.0, 0.0)
 
 
@@ -127,16 +134,26 @@ def records(rate: float, seconds: float) -> tuple[list[list[InputRecord]], int]:
     return out, timed
 
 
-async def run_once(ticks: list[list[InputRecord]], timed_events: int) -> float:
-    """CPU µs per event of the loop over `ticks`, after the warm-up."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    us_per_event: float
+    """CPU µs per event of the loop after the warm-up (not its final checkpoint)."""
+    events_folded: int
+    written: dict[str, int]
+    """Records handed to the sink, per topic (the final checkpoint's included)."""
+
+
+async def run_once(ticks: list[list[InputRecord]], timed_events: int) -> Run:
+    """The loop over `ticks` on the simulated clock."""
     clock = _Clock()
     done = asyncio.Event()
     source = _Source(ticks, clock, done)
+    sink = _NullSink()
     store = SessionStore(Rules())
     collector = SessionCollector(lambda: list(store.live.values()), 10_000)
     runner = Runner(
         source,
-        _NullSink(),
+        sink,
         store,
         WorkerMetrics(CollectorRegistry()),
         _no_changelog,
@@ -149,7 +166,8 @@ async def run_once(ticks: list[list[InputRecord]], timed_events: int) -> float:
     )
     await runner.on_assigned(list(range(PARTITIONS)))
     await runner.run(done)
-    return (source.timed_to - source.timed_from) / timed_events * 1e6
+    us = (source.timed_to - source.timed_from) / timed_events * 1e6
+    return Run(us, runner.events_folded, dict(sink.written))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -168,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         return
-    runs = [uvloop.run(run_once(ticks, timed)) for _ in range(args.runs)]
+    runs = [uvloop.run(run_once(ticks, timed)).us_per_event for _ in range(args.runs)]
     result = {
         "rate": args.rate,
         "events_timed": timed,

@@ -3,9 +3,10 @@ summary. No timing is asserted (performance belongs in bench/, never in tests)."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from bench import decode, load, profile
+from bench import decode, load, pipeline, profile
 from worker.events import InvalidRecord
 
 START_MS = 1_700_000_000_000
@@ -66,3 +67,18 @@ def test_profile_phases_pick_the_most_specific_phase(tmp_path: Path) -> None:
     text = profile.summary(stacks, top=3)
     assert "| refresh: tick, other | 40.0% |" in text
     assert "| `SessionStore.tick (worker/store.py)` | 90.0% |" in text
+
+
+def test_the_pipeline_benchmark_runs_the_real_loop_over_every_event() -> None:
+    """What bench.pipeline times is the worker's work: every event folded, each live
+    session published at least once per segment (2 s), changelog records every 5 s."""
+    ticks, timed = pipeline.records(rate=300, seconds=3)
+    total = sum(len(tick) for tick in ticks)
+    run = asyncio.run(pipeline.run_once(ticks, timed))
+    assert run.events_folded == total
+    assert 0 < timed < total
+    sessions = round(300 * 2 / load.EVENTS_PER_SEGMENT)
+    seconds = pipeline.WARM_S + 3
+    assert sessions * seconds // 2 <= run.written["sessions"] <= total
+    assert sessions * (seconds // 5) <= run.written["changelog"] < run.written["sessions"]
+    assert run.us_per_event > 0
