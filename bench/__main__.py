@@ -29,7 +29,7 @@ import orjson
 import uvloop
 
 from bench import latency, load, restore, scrape, throughput
-from worker.gctune import tune_gc
+from worker.tuning import tune_runtime
 
 T = TypeVar("T")
 RESULTS: Final = Path(__file__).parent / "results"
@@ -335,11 +335,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(raw folded stacks; summarise with python -m bench.profile)",
     )
     parser.add_argument(
-        "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's GC thresholds and GIL switch interval (for comparison)",
     )
     args = parser.parse_args(argv)
     if not args.default_gc:
-        tune_gc()  # the worker runs in this process: tune it as `session-worker run` does
+        tune_runtime()  # the worker runs in this process: tune it as `session-worker run` does
     base = QUICK if args.quick else FULL
     sizes = Sizes(
         args.events or base.events,

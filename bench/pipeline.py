@@ -32,13 +32,13 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from bench.load import TICK_MS, plan_live
-from worker.gctune import tune_gc
 from worker.metrics import SessionCollector, WorkerMetrics
 from worker.outbox import CheckpointTimings, InputRecord, Outbox
 from worker.rules import Rules
 from worker.runtime import OutputTopics, Runner
 from worker.runtime.ports import ChangelogRecords
 from worker.store import SessionStore
+from worker.tuning import tune_runtime
 
 START_MS = 1_700_000_000_000
 WARM_S = 15
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile one run instead")
     args = parser.parse_args(argv)
     ticks, timed = records(args.rate, args.seconds)
-    tune_gc()  # as `session-worker run` does
+    tune_runtime()  # as `session-worker run` does
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

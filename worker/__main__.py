@@ -106,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "run":
         from worker.app import run_worker  # noqa: PLC0415
-        from worker.gctune import tune_gc  # noqa: PLC0415
+        from worker.tuning import tune_runtime  # noqa: PLC0415
 
         configure_logging(settings.log_level, settings.log_format)
-        tune_gc()
+        tune_runtime()
         return _run_async(lambda: run_worker(settings))
     if command == "replay":
         from worker.replay import replay_file  # noqa: PLC0415  # keeps `run` start-up lean
