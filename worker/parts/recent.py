@@ -239,9 +239,11 @@ class RecentTranscodes:
         if not len(set(seq_nos)) == len(seq_nos) == len(ratios) == len(per_entry):
             return cls.from_entries(seq_nos, ratios, list(per_entry))
         # Unique seqNos (every record written): packed directly, no dict in between.
-        flat: list[float] = []
-        for seq_no, ratio in zip(seq_nos, ratios, strict=True):
-            flat += seq_no, NO_RATIO if ratio is None else ratio
+        flat: list[Any] = [NO_RATIO] * (2 * len(seq_nos))
+        flat[0::2] = seq_nos  # interleaved by slice assignment: no loop per entry
+        flat[1::2] = ratios
+        if None in ratios:  # transcodes without a transcodeTime (not in seqNos: corrupt)
+            flat[1::2] = [NO_RATIO if ratio is None else ratio for ratio in ratios]
         transcodes = cls.__new__(cls)
         transcodes._flat = array("d", flat)
         transcodes._names = share_names_run(per_entry)
