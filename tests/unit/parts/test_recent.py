@@ -96,4 +96,4 @@ def test_transcodes_from_wire_reads_only_null_ratios_as_no_ratio() -> None:
     transcodes = RecentTranscodes.from_wire([1, 2, 3], [None, 0.5, None], [ABC], None)
     assert transcodes.items() == {1: (None, ABC), 2: (0.5, ABC), 3: (None, ABC)}
     with pytest.raises(TypeError):
-        RecentTranscodes.from_wire([1, None], [0.5, None], [ABC], None)
+        RecentTranscodes.from_wire([1, None], [0.5, None], [ABC], None)  # type: ignore[list-item]
