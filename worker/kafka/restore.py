@@ -44,8 +44,11 @@ async def read_latest(
         **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
+        # Fetches of a few MiB: bigger ones cost more to buffer and copy than they save
+        # (100k records, 6 partitions: 8/32 MiB 1.15 s wall, 2/12 MiB 0.83 s; a batch
+        # bigger than the limit is still returned whole).
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+        fetch_max_bytes=12 * 1024 * 1024,
         isolation_level="read_committed",
     )
     pace_metadata_updates(reader._client)

@@ -21,6 +21,8 @@ def mask_from_wire(length: int, holes_hex: str) -> int:
     """Reads `mask_to_wire`; raises ValueError for a mask the window cannot hold."""
     if not 0 <= length <= DEDUPE_WINDOW:  # also bounds the allocation a corrupt record asks
         raise ValueError(f"mask of {length!r} bits")
+    if holes_hex == "0":  # all ones: the usual mask
+        return (1 << length) - 1
     holes = int(holes_hex, 16)
     if holes >> length:
         raise ValueError("mask holes beyond its length")
@@ -113,16 +115,15 @@ class RenditionMasks(tuple[Any, ...]):
     @classmethod
     def from_wire(cls, flat: list[Any]) -> RenditionMasks:
         it = iter(flat)
-        masks: list[Any] = [
-            x
-            for name, n, holes in zip(it, it, it, strict=True)
-            for x in (name, mask_from_wire(n, holes))
-        ]
-        names = masks[0::2]
-        if len(set(names)) != len(names):  # never written: the last mask of a name wins
-            return cls.of(dict(zip(names, masks[1::2], strict=True)))
-        if not all(isinstance(name, str) for name in names):
-            raise ValueError("a rendition name not a string")
+        masks: list[Any] = []
+        names: set[str] = set()
+        for name, n, holes in zip(it, it, it, strict=True):
+            if name.__class__ is not str:  # JSON strings are exactly str
+                raise ValueError("a rendition name not a string")
+            masks += name, mask_from_wire(n, holes)
+            names.add(name)
+        if 2 * len(names) != len(masks):  # never written: the last mask of a name wins
+            return cls.of(dict(zip(masks[0::2], masks[1::2], strict=True)))
         return cls(masks)  # unique names (every record written): no dict in between
 
     @classmethod

@@ -121,4 +121,11 @@ class RateWindow:
 
     @classmethod
     def from_wire(cls, entries: list[Any]) -> RateWindow:
-        return cls(entries)
+        """Reads `to_wire`; raises ValueError or TypeError for an entry that is not a pair
+        of integers."""
+        flat: list[int] = []
+        for ts, size in entries:  # a loop: cheaper than a comprehension of pairs
+            flat += ts, size
+        window = cls.__new__(cls)
+        window._set(flat)
+        return window

@@ -78,7 +78,9 @@ class RecentDurations:
     def from_wire(cls, entries: list[Any]) -> RecentDurations:
         """Written from a dict, so seqNos are unique; a repeated one keeps its first place
         and its last value, as reading it into a dict did."""
-        flat = [x for seq_no, duration in entries for x in (seq_no, duration)]
+        flat: list[float] = []
+        for seq_no, duration in entries:  # a loop: cheaper than a comprehension of pairs
+            flat += seq_no, duration
         if len(set(flat[0::2])) != len(entries):
             return cls(dict(entries))
         durations = cls.__new__(cls)  # unique seqNos (every record written): no dict between
@@ -227,25 +229,24 @@ class RecentTranscodes:
     ) -> RecentTranscodes:
         """Reads `to_wire`; raises ValueError for entries without names."""
         names = [share_value(tuple(n)) for n in table]
+        per_entry: tuple[Names, ...]
         if index is None:
             if seq_nos and len(names) != 1:
                 raise ValueError("no rendition names")
-            per_entry = [names[0]] * len(seq_nos) if seq_nos else []
+            per_entry = (names[0],) * len(seq_nos) if seq_nos else ()
         else:
-            per_entry = [names[i] for i in index]
+            per_entry = tuple([names[i] for i in index])
         if not len(set(seq_nos)) == len(seq_nos) == len(ratios) == len(per_entry):
-            return cls.from_entries(seq_nos, ratios, per_entry)
+            return cls.from_entries(seq_nos, ratios, list(per_entry))
         # Unique seqNos (every record written): packed directly, no dict in between.
+        flat: list[Any] = [NO_RATIO] * (2 * len(seq_nos))
+        flat[0::2] = seq_nos  # interleaved by slice assignment: no loop per entry
+        flat[1::2] = ratios
+        if None in ratios:  # transcodes without a transcodeTime (not in seqNos: corrupt)
+            flat[1::2] = [NO_RATIO if ratio is None else ratio for ratio in ratios]
         transcodes = cls.__new__(cls)
-        transcodes._flat = array(
-            "d",
-            [
-                x
-                for s, r in zip(seq_nos, ratios, strict=True)
-                for x in (s, NO_RATIO if r is None else r)
-            ],
-        )
-        transcodes._names = share_names_run(tuple(per_entry))
+        transcodes._flat = array("d", flat)
+        transcodes._names = share_names_run(per_entry)
         return transcodes
 
     @classmethod

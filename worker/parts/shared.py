@@ -46,9 +46,12 @@ def share_meta(name: str, value: Any) -> Any:
 def share_meta_values(values: dict[str, Any]) -> dict[str, Any]:
     """`share_meta` for each of `values`, in place (one pass for a whole restored record:
     most of its fields are not shared)."""
-    for name in _SHARED_NAMES.intersection(values):
-        values[name] = share((name, values[name]), values[name])
-    for name in _SHARED_META.intersection(values):
-        value = values[name]
-        values[name] = share((name, orjson.dumps(value)), value)
+    for name in _SHARED_NAMES:
+        value = values.get(name)
+        if value is not None:
+            values[name] = share((name, value), value)
+    for name in _SHARED_META:
+        value = values.get(name)
+        if value is not None:
+            values[name] = share((name, orjson.dumps(value)), value)
     return values

@@ -88,3 +88,12 @@ def test_transcodes_from_wire_refuses_lists_of_other_lengths() -> None:
     for seq_nos, ratios, index in cases:
         with pytest.raises(ValueError, match="zip"):
             RecentTranscodes.from_wire(seq_nos, ratios, [ABC], index)
+
+
+def test_transcodes_from_wire_reads_only_null_ratios_as_no_ratio() -> None:
+    """Ratios are interleaved by slices: a null there is a transcode without a time, a null
+    seqNo is still refused."""
+    transcodes = RecentTranscodes.from_wire([1, 2, 3], [None, 0.5, None], [ABC], None)
+    assert transcodes.items() == {1: (None, ABC), 2: (0.5, ABC), 3: (None, ABC)}
+    with pytest.raises(TypeError):
+        RecentTranscodes.from_wire([1, None], [0.5, None], [ABC], None)  # type: ignore[list-item]
