@@ -173,11 +173,18 @@ def _v2_encoder_source() -> str:
     )
 
 
+def _compiled(source: str, name: str, namespace: dict[str, Any]) -> Any:
+    """The function `name` that `source` (our own, written from COLUMNS) defines, with the
+    codecs and classes it calls in `namespace`."""
+    exec(source, namespace)  # noqa: S102  # generated here from COLUMNS, never from input
+    return namespace[name]
+
+
 def _compile_v2_encoder() -> Callable[[SessionState, int | None, int | None], bytes]:
-    namespace: dict[str, Any] = {"dumps": orjson.dumps}
-    namespace.update({f"_to_v2_{i}": c.to_v2 for i, c in enumerate(COLUMNS) if c.to_v2})
-    exec(_v2_encoder_source(), namespace)  # noqa: S102  # our own source, from COLUMNS
-    encoder: Callable[[SessionState, int | None, int | None], bytes] = namespace["_encode_v2"]
+    codecs = {f"_to_v2_{i}": c.to_v2 for i, c in enumerate(COLUMNS) if c.to_v2}
+    encoder: Callable[[SessionState, int | None, int | None], bytes] = _compiled(
+        _v2_encoder_source(), "_encode_v2", {"dumps": orjson.dumps, **codecs}
+    )
     return encoder
 
 
@@ -249,10 +256,11 @@ def _v2_decoder_source() -> str:
 
 
 def _compile_v2_decoder() -> Callable[[list[Any], int], ChangelogEntry]:
-    namespace: dict[str, Any] = {"SessionState": SessionState, "ChangelogEntry": ChangelogEntry}
-    namespace.update({f"_from_v2_{i}": c.from_v2 for i, c in enumerate(COLUMNS) if c.from_v2})
-    exec(_v2_decoder_source(), namespace)  # noqa: S102  # our own source, from COLUMNS
-    decoder: Callable[[list[Any], int], ChangelogEntry] = namespace["_decode_v2_values"]
+    codecs = {f"_from_v2_{i}": c.from_v2 for i, c in enumerate(COLUMNS) if c.from_v2}
+    classes = {"SessionState": SessionState, "ChangelogEntry": ChangelogEntry}
+    decoder: Callable[[list[Any], int], ChangelogEntry] = _compiled(
+        _v2_decoder_source(), "_decode_v2_values", {**classes, **codecs}
+    )
     return decoder
 
 
