@@ -300,11 +300,16 @@ async def describe_layouts(
 async def create_topic_specs(
     settings: Settings, specs: Sequence[TopicSpec], replication: int
 ) -> dict[str, str]:
-    """Create the given topics; return an error message per topic the broker refused."""
+    """Create the given topics; return an error message per topic the broker refused. Returns
+    once the broker describes the created ones (a describe right after a creation may not
+    see them yet, and the caller checks what it made)."""
     if not specs:
         return {}
 
     async def create(admin: AIOKafkaAdminClient) -> dict[str, str]:
-        return (await _create_missing(admin, specs, replication))[1]
+        created, refused = await _create_missing(admin, specs, replication)
+        for name in created:
+            await settled_partition_count(admin, name)
+        return refused
 
     return await with_admin(settings, create)
